@@ -332,8 +332,10 @@ def cmd_write_attr(gobj: GObj, cmd: str, kw: dict[str, Any], src: GObj | None) -
         coerce(row.type, kw["value"], name)
     except AttrError as exc:
         return build_command_response(-1, f"{target.short_name}: {exc}")
+    kernel.last_write_error = ""
     if gobj_write_attr(target, name, kw["value"]) < 0:
-        return build_command_response(-1, f"{target.short_name}: cannot write {name!r}")
+        why = kernel.last_write_error or "value refused (see log)"
+        return build_command_response(-1, f"{target.short_name}: {name} not written: {why}")
     if row.flag & SDF.PERSIST and target.is_service and kernel.persist is not None:
         kernel.persist.save(target, [name])
     log_info(gobj, "yuno.attr.written", "attr written by command", target=target.full_name,

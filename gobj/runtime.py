@@ -96,6 +96,7 @@ class _Kernel:
         self.drain_scheduled = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.shutting_down = False
+        self.last_write_error = ""
 
 
 kernel = _Kernel()
@@ -586,11 +587,19 @@ def _set_attr(gobj: GObj, name: str, value: Any, *, log: bool = True) -> int:
             log_error(gobj, "gobj.attr.bad_value", "attr value rejected, old value kept",
                       attr=name, error=str(exc))
         return -1
-    gobj._av[gobj.gclass.attr_index[name]] = coerced
+    idx = gobj.gclass.attr_index[name]
+    previous = gobj._av[idx]
+    gobj._av[idx] = coerced
     if gobj.created and not gobj.destroyed:
         mt = gobj.gclass.methods.get("mt_writing")
         if mt is not None:
-            mt(gobj, name)
+            veto = mt(gobj, name)
+            if isinstance(veto, str):
+                # mt_writing refused the value (a crypto that does not load, say):
+                # the previous value stays, as if the write never happened.
+                gobj._av[idx] = previous
+                kernel.last_write_error = veto
+                return -1
     return 0
 
 
