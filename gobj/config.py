@@ -131,6 +131,21 @@ def _substitute(value: Any, variables: dict[str, Any], origin: str, path: str) -
     return value
 
 
+def _substitute_known(value: Any, variables: dict[str, Any]) -> Any:
+    """Like _substitute, but leaves unknown placeholders for the real pass to report."""
+    if isinstance(value, str):
+        whole = _VAR.fullmatch(value)
+        if whole and whole.group(1) in variables:
+            return variables[whole.group(1)]
+        return _VAR.sub(lambda m: str(variables[m.group(1)]) if m.group(1) in variables
+                        else m.group(0), value)
+    if isinstance(value, dict):
+        return {k: _substitute_known(v, variables) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute_known(v, variables) for v in value]
+    return value
+
+
 def _lookup(name: str, variables: dict[str, Any], origin: str, path: str) -> Any:
     if name not in variables:
         raise ConfigError(f"{origin}: key '{path}': unknown variable (^^{name}^^)")
@@ -149,6 +164,13 @@ def assemble_config(pieces: list[tuple[str, dict[str, Any]]], *,
         yuno.update(piece.get("yuno", {}))
     variables.setdefault("__yuno_role__", yuno.get("yuno_role", ""))
     variables.setdefault("__yuno_name__", yuno.get("yuno_name", ""))
+    # A variable may use others ("(^^__work__^^)/certs"); a few passes settle
+    # any sensible nesting, and a cycle ends up reported as unresolved.
+    for _ in range(5):
+        resolved = {k: _substitute_known(v, variables) for k, v in variables.items()}
+        if resolved == variables:
+            break
+        variables = resolved
     merged: dict[str, Any] = {}
     for origin, piece in pieces:
         _merge(merged, _substitute(piece, variables, origin, ""))

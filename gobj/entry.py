@@ -25,7 +25,7 @@ from gobj.config import (ORIGIN, assemble_config, parse_config_arg, read_config_
                          read_config_text, strip_origins, validate_config)
 from gobj.log import log_critical, log_info, set_identity, setup_handlers
 from gobj.persist import PersistStore
-from gobj.runtime import (ConfigError, GObj, gobj_create_tree, gobj_create_yuno, gobj_destroy,
+from gobj.runtime import (ConfigError, GObj, GObjError, gobj_create_tree, gobj_create_yuno, gobj_destroy,
                           gobj_end, gobj_iter_descendants, gobj_pause, gobj_play, gobj_start,
                           gobj_start_tree, gobj_stop, gobj_stop_tree, kernel, _missing_required)
 
@@ -85,7 +85,7 @@ def _create_tree(config: dict[str, Any], yuno_gclass: str) -> GObj:
     for node in config.get("services", []):
         try:
             gobj_create_tree(yuno, strip_origins(node))
-        except ConfigError as exc:
+        except (ConfigError, GObjError) as exc:
             raise ConfigError(f"{node.get(ORIGIN, 'config')}: service {node.get('name')!r}: "
                               f"{exc}") from None
     for gobj in [yuno, *gobj_iter_descendants(yuno)]:
@@ -140,6 +140,7 @@ def yuno_shutdown(exit_code: int = 0) -> None:
 
 def yuno_main(*, role: str, version: str, register: Callable[[], None],
               default_config: dict[str, Any], yuno_gclass: str = "C_YUNO",
+              prepare: Callable[[dict[str, Any]], None] | None = None,
               argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=role, description=f"Yuneta-Py yuno '{role}'")
     parser.add_argument("-f", "--config-file", help="a config file or a JSON list of files")
@@ -161,6 +162,8 @@ def yuno_main(*, role: str, version: str, register: Callable[[], None],
     if args.print_config:
         print(json.dumps(strip_origins(config), indent=4))
         return 0
+    if prepare is not None:
+        prepare(config)  # after validation: a bad config leaves nothing behind
     return _run(config, role, yuno_gclass, not args.no_uvloop)
 
 

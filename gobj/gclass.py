@@ -73,6 +73,14 @@ METHODS = frozenset(
 )
 
 
+# Kernel events every gclass may publish without declaring them. A subscriber
+# gets one only if its own gclass declares it (so a catch-all subscription does
+# not flood gobjs with state changes they never asked for).
+SYSTEM_EVENTS: dict[str, EVF] = {
+    EV_STATE_CHANGED: EVF.OUTPUT | EVF.SYSTEM | EVF.NO_WARN_SUBS,
+}
+
+
 class GClassError(ValueError):
     """A gclass table is inconsistent; the message names gclass, state and event."""
 
@@ -114,7 +122,7 @@ class GClass:
         return event in self.event_types
 
     def is_output(self, event: str) -> bool:
-        flags = self.event_types.get(event)
+        flags = self.event_types.get(event) or SYSTEM_EVENTS.get(event)
         return flags is not None and bool(flags & (EVF.OUTPUT | EVF.SYSTEM))
 
     def find_command(self, name: str) -> Cmd | None:
@@ -197,8 +205,6 @@ def _build_event_types(gclass: str, event_types: Sequence[tuple[str, EVF]]) -> d
         if event in table:
             raise GClassError(f"gclass {gclass}: event {event} declared twice")
         table[event] = EVF(flags)
-    # Every gclass may publish the kernel's state-change event.
-    table.setdefault(EV_STATE_CHANGED, EVF.OUTPUT | EVF.SYSTEM | EVF.NO_WARN_SUBS)
     return table
 
 

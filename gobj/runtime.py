@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from gobj.attrs import DTP, SDF, AttrError, SData, coerce
-from gobj.gclass import EV_STATE_CHANGED, EVF, GCF, GClass, gclass_find
+from gobj.gclass import EV_STATE_CHANGED, EVF, GCF, SYSTEM_EVENTS, GClass, gclass_find
 from gobj.log import log_debug, log_error, log_info, log_warning
 
 __all__ = [
@@ -247,8 +247,8 @@ def gobj_create(
     gobj.autostart, gobj.autoplay = autostart, autoplay
     gobj.priority = priority if 0 <= priority <= 9 else 5
     if yuno:
-        kernel.yuno = gobj
-    if service:
+        kernel.yuno = gobj  # found as __yuno__/__root__, not by its name
+    elif service:
         kernel.services[key] = gobj
     if default_service:
         kernel.default_service = gobj
@@ -852,7 +852,7 @@ def _matches(filter_: dict[str, Any], kw: dict[str, Any]) -> bool:
 def gobj_publish_event(publisher: GObj, event: str, kw: dict[str, Any] | None = None) -> int:
     """Deliver an output event to its subscribers; return the sum of their answers."""
     kw = kw if kw is not None else {}
-    flags = publisher.gclass.event_types.get(event)
+    flags = publisher.gclass.event_types.get(event) or SYSTEM_EVENTS.get(event)
     if flags is None or not flags & (EVF.OUTPUT | EVF.SYSTEM):
         if not publisher.gclass.flags & GCF.NO_CHECK_OUTPUT_EVENTS:
             log_error(publisher, "gobj.publish.not_output", "event is not an output event",

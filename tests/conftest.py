@@ -14,3 +14,6 @@ def _fresh_kernel():
     yield
     gobj_end()
     kernel.shutting_down = False
+
+
+pytest_plugins = ["tests.acme"]

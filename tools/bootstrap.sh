@@ -10,6 +10,6 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 if [ ! -f "$stamp" ] || ! cmp -s "$here/pyproject.toml" "$stamp"; then
     "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$venv/bin/python" -m pip install -q -e "$here[test]" --config-settings editable_mode=compat
+    "$venv/bin/python" -m pip install -q -e "${here}[test]" --config-settings editable_mode=compat
     cp "$here/pyproject.toml" "$stamp"
 fi
