@@ -263,6 +263,7 @@ def view_cert(gobj: GObj) -> dict[str, Any]:
         # has 0 days remaining, not -1 (floor division would say -1).
         data["days_remaining"] = int((not_after - time.time()) / 86400)
     data["url"] = gobj.read("url")
+    data["ssl_certificate"] = (gobj.read("crypto") or {}).get("ssl_certificate", "")
     data["library"] = ytls.library
     data["live_contexts"] = ytls.live_contexts()
     return build_command_response(0, "", None, data)

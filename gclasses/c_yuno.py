@@ -526,6 +526,11 @@ def register_c_yuno() -> None:
     if gclass_find(C_YUNO) is not None:
         return
     register_c_timer()
+    # Every yuno may be launched by an agent, whose launch config adds a
+    # C_IEVENT_CLI service (agent_client); register it here so any yuno can.
+    from gclasses.c_ievent_cli import register_c_ievent_cli
+
+    register_c_ievent_cli()
     gclass_create(
         C_YUNO,
         event_types=EVENT_TYPES,
