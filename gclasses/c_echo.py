@@ -35,7 +35,8 @@ def ac_disconnected(gobj: GObj, event: str, kw: dict[str, Any], src: GObj | None
 def ac_rx_data(gobj: GObj, event: str, kw: dict[str, Any], src: GObj | None) -> int:
     data = kw["data"]
     gobj._av[gobj.gclass.attr_index["echoed_bytes"]] += len(data)
-    return gobj_send_event(src, "EV_TX_DATA", {"data": data}, gobj)
+    # A datagram listener needs to know where to send it back; a stream ignores it.
+    return gobj_send_event(src, "EV_TX_DATA", {"data": data, "addr": kw.get("addr")}, gobj)
 
 
 def ac_tx_ready(gobj: GObj, event: str, kw: dict[str, Any], src: GObj | None) -> int:

@@ -241,7 +241,8 @@ def reload_certs(gobj: GObj, trigger: str) -> tuple[int, str, dict[str, Any] | N
              old_fingerprint=old.get("fingerprint"), new_fingerprint=new.get("fingerprint"),
              old_not_after=old.get("not_after"), new_not_after=new.get("not_after"),
              key_type=f"{new.get('key_type')}-{new.get('key_size')}",
-             live_sessions=gobj.read("connxs") if "connxs" in gobj.gclass.attr_index else None,
+             live_sessions=gobj.read("connxs" if "connxs" in gobj.gclass.attr_index
+                                     else "peers"),
              duration_ms=ms, url=gobj.read("url"))
     return 0, f"{gobj.short_name}: TLS certificates reloaded", \
         {"changed": True, "old_serial": old.get("serial"), "new_serial": new.get("serial"),

@@ -67,7 +67,7 @@ def test_files_merge_in_order_with_variables_and_print_config(tmp_path):
 
 def test_yuno_runs_and_exits_zero_on_sigterm(tmp_path):
     cfg = write(tmp_path, "c.json", {"yuno": {"yuno_name": "e1"}, "__json_config_variables__": {
-        "__echo_url__": "tcp://127.0.0.1:0"}})
+        "__echo_url__": "tcp://127.0.0.1:0", "__echo_dtls_url__": "udp://127.0.0.1:0"}})
     env = dict(os.environ, YUNETA_WORK_DIR=str(tmp_path / "var"))
     proc = subprocess.Popen([sys.executable, "-m", "yunos.echo", "-f", cfg],
                             stdout=subprocess.PIPE, text=True, env=env)

@@ -15,6 +15,7 @@ from gclasses.c_agent import register_c_agent
 from gclasses.c_echo import register_c_echo
 from gclasses.c_ievent_cli import register_c_ievent_cli
 from gclasses.c_tcp_s import register_c_tcp_s
+from gclasses.c_udp_s import register_c_udp_s
 from gclasses.c_yuno import register_c_yuno
 
 ROLE = "yuneta_agent"
@@ -49,6 +50,7 @@ DEFAULT_CONFIG = {
 def register() -> None:
     register_c_yuno()
     register_c_tcp_s()
+    register_c_udp_s()
     register_c_echo()
     register_c_ievent_cli()
     register_c_agent()

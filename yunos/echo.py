@@ -1,6 +1,7 @@
 """The echo yuno: a TLS echo service, ``python -m yunos.echo [-f CONFIG]``.
 
-On its embedded default it serves TLS on 127.0.0.1:7443 with a certificate
+On its embedded default it serves TLS on 127.0.0.1:7443 and DTLS on
+127.0.0.1:7444 (UDP) with a certificate
 issued by a local CA that it creates, on first run only, under
 ``<work_dir>/store/certs`` (never overwriting files already there).
 """
@@ -14,6 +15,7 @@ from gobj.entry import yuno_main
 from gobj.ytls.devcerts import ensure_dev_certs
 from gclasses.c_echo import register_c_echo
 from gclasses.c_tcp_s import register_c_tcp_s
+from gclasses.c_udp_s import register_c_udp_s
 from gclasses.c_yuno import register_c_yuno
 
 ROLE = "echo"
@@ -23,11 +25,17 @@ DEFAULT_CONFIG = {
     "__json_config_variables__": {
         "__certs__": "(^^__default_work_dir__^^)/store/certs",
         "__echo_url__": "tcps://127.0.0.1:7443",
+        "__echo_dtls_url__": "udps://127.0.0.1:7444",
     },
     "environment": {"work_dir": "(^^__default_work_dir__^^)", "domain_dir": "realms/echo"},
     "yuno": {"yuno_role": ROLE, "yuno_name": "echo"},
     "global": {
         "echo_tls.crypto": {
+            "library": "openssl",
+            "ssl_certificate": "(^^__certs__^^)/server.crt",
+            "ssl_certificate_key": "(^^__certs__^^)/private/server.key",
+        },
+        "echo_dtls.crypto": {
             "library": "openssl",
             "ssl_certificate": "(^^__certs__^^)/server.crt",
             "ssl_certificate_key": "(^^__certs__^^)/private/server.key",
@@ -38,6 +46,8 @@ DEFAULT_CONFIG = {
          "children": [
              {"name": "echo_tls", "gclass": "C_TCP_S", "as_service": True,
               "kw": {"url": "(^^__echo_url__^^)"}},
+             {"name": "echo_dtls", "gclass": "C_UDP_S", "as_service": True,
+              "kw": {"url": "(^^__echo_dtls_url__^^)"}},
          ]},
     ],
 }
@@ -46,6 +56,7 @@ DEFAULT_CONFIG = {
 def register() -> None:
     register_c_yuno()
     register_c_tcp_s()
+    register_c_udp_s()
     register_c_echo()
 
 
