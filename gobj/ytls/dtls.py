@@ -1,4 +1,4 @@
-"""Datagram TLS (DTLS 1.2) for UDP servers and clients, on OpenSSL or mbed TLS, sans I/O.
+"""Datagram TLS (DTLS 1.2) for UDP servers and clients on OpenSSL or mbed TLS, sans I/O.
 
 Theory of operation
 -------------------
@@ -75,8 +75,8 @@ from .mbedtls_backend import (
 )
 
 __all__ = [
-    "COOKIE_SECRET", "CookieSecret", "DTLSSession", "YDTLS", "DTLSServer",
-    "peer_id",
+    "COOKIE_SECRET", "DEFAULT_MTU", "CookieSecret", "DTLSServer", "DTLSSession",
+    "YDTLS", "peer_id", "split_datagrams",
 ]
 
 # 1400 bytes of ciphertext per datagram fits a 1500-byte Ethernet MTU after
@@ -140,11 +140,15 @@ class CookieSecret:
         return True
 
     def mint(self, peer: bytes) -> bytes:
-        return hmac.new(self._current, peer, hashlib.sha256).digest()
+        return _hmac(self._current, peer)
 
     def check(self, peer: bytes, cookie: bytes) -> bool:
-        return any(hmac.compare_digest(cookie, hmac.new(key, peer, hashlib.sha256).digest())
+        return any(hmac.compare_digest(cookie, _hmac(key, peer))
                    for key in (self._current, self._previous))
+
+
+def _hmac(key: bytes, peer: bytes) -> bytes:
+    return hmac.new(key, peer, hashlib.sha256).digest()
 
 
 #: The per-process cookie secret every OpenSSL DTLS server shares.
@@ -228,7 +232,12 @@ class DTLSSession(abc.ABC):
 
     @abc.abstractmethod
     def send(self, data: bytes) -> None:
-        """Queue one cleartext datagram (held until the handshake is done)."""
+        """Queue one cleartext datagram (held until the handshake is done).
+
+        Raises ValueError, leaving the session as it was, when ``data`` is
+        longer than :meth:`max_datagram`; TLSSessionError when the session is
+        dead.
+        """
 
     @abc.abstractmethod
     def outgoing(self) -> list[bytes]:
@@ -306,7 +315,7 @@ class _OpenSSLSession(DTLSSession):
         except SSL.WantReadError:
             return False
         except SSL.Error as exc:
-            raise TLSSessionError(f"DTLS handshake failed: {_openssl_reason(exc)}") from None
+            raise _session_error("DTLS handshake failed", exc) from None
         self.handshake_done = True
         self._flush_pending()
         return True
@@ -331,7 +340,7 @@ class _OpenSSLSession(DTLSSession):
                 self.peer_closed = True
                 return records
             except SSL.Error as exc:
-                raise TLSSessionError(f"DTLS record refused: {_openssl_reason(exc)}") from None
+                raise _session_error("DTLS record refused", exc) from None
 
     def send(self, data: bytes) -> None:
         conn = self._live()
@@ -342,7 +351,7 @@ class _OpenSSLSession(DTLSSession):
         try:
             conn.send(bytes(data))
         except SSL.Error as exc:
-            raise TLSSessionError(f"DTLS write failed: {_openssl_reason(exc)}") from None
+            raise _session_error("DTLS write failed", exc) from None
 
     def outgoing(self) -> list[bytes]:
         conn = self._conn
@@ -363,7 +372,7 @@ class _OpenSSLSession(DTLSSession):
         try:
             conn.DTLSv1_handle_timeout()
         except SSL.Error as exc:
-            raise TLSSessionError(f"DTLS retransmission failed: {_openssl_reason(exc)}") from None
+            raise _session_error("DTLS retransmission failed", exc) from None
 
     def close_notify(self) -> None:
         conn = self._conn
@@ -537,7 +546,8 @@ class _OpenSSLGate:
         self._mtu = mtu
         self._conn: SSL.Connection | None = None
 
-    def offer(self, peer: bytes, datagram: bytes) -> tuple[SSL.Connection | None, list[bytes]]:
+    def offer(self, peer: bytes,
+              datagram: bytes) -> tuple[SSL.Connection | None, list[bytes]]:
         conn = self._conn or self._fresh()
         conn.set_app_data(_ConnData(peer, None))
         conn.bio_write(datagram)
@@ -568,7 +578,8 @@ class _MbedGate:
         self._mtu = mtu
         self._buf: Any = None
 
-    def offer(self, peer: bytes, datagram: bytes) -> tuple[MbedPipe | None, list[bytes]]:
+    def offer(self, peer: bytes,
+              datagram: bytes) -> tuple[MbedPipe | None, list[bytes]]:
         buf = self._buf or self._fresh()
         buf.setcookieparam(peer)
         pipe = MbedPipe(buf)
@@ -593,7 +604,8 @@ class _MbedGate:
         return buf
 
 
-_MBED_NOT_STARTED = (mbed_tls.HandshakeStep.HELLO_REQUEST, mbed_tls.HandshakeStep.CLIENT_HELLO)
+_MBED_NOT_STARTED = (mbed_tls.HandshakeStep.HELLO_REQUEST,
+                     mbed_tls.HandshakeStep.CLIENT_HELLO)
 
 
 # The handle
@@ -657,7 +669,8 @@ class YDTLS:
 
     # Sessions
 
-    def accept(self, peer: Any, datagram: bytes) -> tuple[DTLSSession | None, list[bytes]]:
+    def accept(self, peer: Any,
+               datagram: bytes) -> tuple[DTLSSession | None, list[bytes]]:
         """Admit ``peer`` if ``datagram`` is a ClientHello with a valid cookie.
 
         Returns (session, replies). Without a valid cookie the session is None
@@ -700,11 +713,13 @@ class YDTLS:
             session: DTLSSession = _OpenSSLSession(
                 bundle, engine, peer, self.mtu, self._sessions.discard)
         else:
-            session = _MbedSession(bundle, engine, peer, self.mtu, self._sessions.discard)
+            session = _MbedSession(
+                bundle, engine, peer, self.mtu, self._sessions.discard)
         self._sessions.add(session)
         return session
 
-    def _openssl_conn(self, bundle: Bundle, peer: Any, hostname: str | None) -> SSL.Connection:
+    def _openssl_conn(self, bundle: Bundle, peer: Any,
+                      hostname: str | None) -> SSL.Connection:
         conn = SSL.Connection(bundle.context, None)
         conn.set_ciphertext_mtu(self.mtu)
         if self.server:
@@ -723,7 +738,8 @@ class YDTLS:
             buf = bundle.context.wrap_buffers()
             buf.setcookieparam(peer_id(peer))
         else:
-            buf = bundle.context.wrap_buffers(client_hostname(bundle.material, hostname))
+            name = client_hostname(bundle.material, hostname)
+            buf = bundle.context.wrap_buffers(name)
         buf.setmtu(self.mtu)
         return MbedPipe(buf)
 
@@ -739,7 +755,8 @@ class YDTLS:
                     material, self.mtu)
             gate: Any = _OpenSSLGate(context, self.mtu)
         else:
-            context = build_mbed_context(material, crypto, server=self.server, datagram=True)
+            context = build_mbed_context(material, crypto, server=self.server,
+                                         datagram=True)
             if self.server:
                 prove_mbed_serves(proof_context(
                     context, material, crypto, build_mbed_context, datagram=True),
@@ -787,7 +804,8 @@ def _openssl_context(material: Material, crypto: dict[str, Any], *, server: bool
             store.add_cert(ossl_crypto.X509.from_cryptography(cert))
     if server:
         ctx.set_options(SSL.OP_COOKIE_EXCHANGE)
-        ctx.set_cookie_generate_callback(lambda conn: cookies.mint(conn.get_app_data().peer))
+        ctx.set_cookie_generate_callback(
+            lambda conn: cookies.mint(conn.get_app_data().peer))
         ctx.set_cookie_verify_callback(
             lambda conn, cookie: cookies.check(conn.get_app_data().peer, bytes(cookie)))
         ctx.set_verify(_OPENSSL_VERIFY[settings["verify_mode"]], _accept_preverified)
@@ -798,7 +816,8 @@ def _openssl_context(material: Material, crypto: dict[str, Any], *, server: bool
     return ctx
 
 
-def _openssl_load_chain(ctx: SSL.Context, material: Material, crypto: dict[str, Any]) -> None:
+def _openssl_load_chain(ctx: SSL.Context, material: Material,
+                        crypto: dict[str, Any]) -> None:
     key = serialization.load_pem_private_key(material.key_pem, password=None)
     assert material.leaf is not None
     _openssl_call(ctx.use_certificate, "ssl_certificate", crypto, material.leaf)
@@ -838,17 +857,18 @@ def _name_matches(leaf: x509.Certificate, hostname: str) -> bool:
     """RFC 6125 in brief: an IP matches an IP SAN; a name matches a DNS SAN,
     where a leading ``*.`` stands for exactly one label."""
     try:
-        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        ext = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return False
+    sans = ext.value
     if _is_ip(hostname):
         wanted = ipaddress.ip_address(hostname)
         return any(ip == wanted for ip in sans.get_values_for_type(x509.IPAddress))
     host = hostname.lower().rstrip(".")
-    for pattern in (p.lower().rstrip(".") for p in sans.get_values_for_type(x509.DNSName)):
-        if pattern == host:
-            return True
-        if pattern.startswith("*.") and "." in host and host.split(".", 1)[1] == pattern[2:]:
+    parent = host.split(".", 1)[1] if "." in host else None
+    for name in sans.get_values_for_type(x509.DNSName):
+        pattern = name.lower().rstrip(".")
+        if pattern == host or (pattern.startswith("*.") and pattern[2:] == parent):
             return True
     return False
 
@@ -867,9 +887,10 @@ def _prove_openssl_serves(ctx: SSL.Context, material: Material, mtu: int) -> Non
     probe.set_options(SSL.OP_NO_QUERY_MTU)
     client = SSL.Connection(probe, None)
     server = SSL.Connection(ctx, None)
-    for conn, state in ((client, client.set_connect_state), (server, server.set_accept_state)):
+    client.set_connect_state()
+    server.set_accept_state()
+    for conn in (client, server):
         conn.set_ciphertext_mtu(mtu)
-        state()
     server.set_app_data(_ConnData(b"loopback-proof", None))
     try:
         _openssl_loopback(client, server)
@@ -913,6 +934,10 @@ def _bio_drain(conn: SSL.Connection | None) -> bytes:
             break
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _session_error(what: str, exc: BaseException) -> TLSSessionError:
+    return TLSSessionError(f"{what}: {_openssl_reason(exc)}")
 
 
 def _openssl_reason(exc: BaseException) -> str:

@@ -164,10 +164,12 @@ class MbedTLS(YTLS):
 
     def _build(self, material: Material, crypto: dict[str, Any]) -> Bundle:
         """A proven bundle holding the handle's one reference; TLSError if not."""
-        context = build_mbed_context(material, crypto, server=self.server, datagram=False)
-        if self.server:
-            prove_mbed_serves(proof_context(context, material, crypto, build_mbed_context,
-                                            datagram=False), material, datagram=False)
+        server = self.server
+        context = build_mbed_context(material, crypto, server=server, datagram=False)
+        if server:
+            probe = proof_context(context, material, crypto, build_mbed_context,
+                                  datagram=False)
+            prove_mbed_serves(probe, material, datagram=False)
         bundle = Bundle(context, material, self._live.discard)
         bundle.incref()
         self._live.add(bundle)
@@ -204,7 +206,10 @@ def client_hostname(material: Material, given: str | None) -> str | None:
 
 def build_mbed_context(material: Material, crypto: dict[str, Any], *,
                        server: bool, datagram: bool) -> Any:
-    """A ``ServerContext`` or ``ClientContext`` for ``material``; TLSError if mbed refuses."""
+    """A ``ServerContext`` or ``ClientContext`` for ``material``.
+
+    Raises TLSError naming the field (and file) when mbed TLS refuses it.
+    """
     settings = material.settings
     kwargs: dict[str, Any] = {
         "validate_certificates": _validates(settings, server),
@@ -252,7 +257,8 @@ def _mbed_min_version(min_version: str) -> Any:
 
 
 def _mbed_ciphers(ciphers: str | None) -> tuple[str, ...] | None:
-    """mbed TLS names (``TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256``), ':' or ',' separated."""
+    """Suites by mbed TLS name (``TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256``),
+    separated by ':' or ','."""
     if not ciphers:
         return None
     names = tuple(n.strip() for n in ciphers.replace(",", ":").split(":") if n.strip())
@@ -282,7 +288,8 @@ def _mbed_key(material: Material, crypto: dict[str, Any]) -> Any:
             f"ssl_certificate_key '{path}': mbed TLS {_mbed_release()} refused the "
             f"{kind} key: it signs TLS handshakes with RSA or EC keys only",
             field="ssl_certificate_key", path=path)
-    return _mbed_call(loader.from_buffer, "ssl_certificate_key", crypto, material.key_pem)
+    return _mbed_call(loader.from_buffer, "ssl_certificate_key", crypto,
+                      material.key_pem)
 
 
 def _mbed_trust_store(trusted_pem: bytes, crypto: dict[str, Any]) -> Any:
@@ -296,7 +303,7 @@ def _mbed_trust_store(trusted_pem: bytes, crypto: dict[str, Any]) -> Any:
 
 def _mbed_call(fn: Callable[..., Any], field: str, crypto: dict[str, Any],
                *args: Any, **kwargs: Any) -> Any:
-    """Call into python-mbedtls; its refusals become a TLSError naming field and file."""
+    """Call into python-mbedtls; a refusal becomes a TLSError naming field and file."""
     try:
         return fn(*args, **kwargs)
     except (mbed_exc.TLSError, ValueError, TypeError) as exc:
@@ -308,6 +315,13 @@ def _mbed_call(fn: Callable[..., Any], field: str, crypto: dict[str, Any],
 
 def _mbed_reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
+
+
+def _is_close_notify(exc: BaseException) -> bool:
+    # mbed TLS reports the peer's close_notify as an error code from ssl_read;
+    # python-mbedtls maps a zero-length read to RaggedEOF.
+    return (isinstance(exc, mbed_tls.RaggedEOF)
+            or getattr(exc, "err", 0) == _PEER_CLOSE_NOTIFY)
 
 
 def _mbed_release() -> str:
@@ -327,14 +341,15 @@ def proof_context(context: Any, material: Material, crypto: dict[str, Any],
     suites and versions under proof are the same)."""
     if material.settings["verify_mode"] == "none":
         return context
-    twin = dataclasses.replace(material, settings={**material.settings, "verify_mode": "none"})
+    settings = {**material.settings, "verify_mode": "none"}
+    twin = dataclasses.replace(material, settings=settings)
     return build(twin, crypto, server=True, **kwargs)
 
 
 def prove_mbed_serves(context: Any, material: Material, *, datagram: bool) -> None:
     """Handshake with ``context`` in memory; TLSError naming the cause if it fails."""
-    probe_conf = (mbed_tls.DTLSConfiguration if datagram else mbed_tls.TLSConfiguration)(
-        validate_certificates=False)
+    kind = mbed_tls.DTLSConfiguration if datagram else mbed_tls.TLSConfiguration
+    probe_conf = kind(validate_certificates=False)
     client = MbedPipe(mbed_tls.ClientContext(probe_conf).wrap_buffers(None))
     server = MbedPipe(context.wrap_buffers())
     if datagram:
@@ -416,7 +431,8 @@ class MbedPipe:
 
     def _check_usable(self) -> None:
         if self.broken:
-            raise TLSSessionError(f"session unusable after an earlier error: {self.broken}")
+            raise TLSSessionError(
+                f"session unusable after an earlier error: {self.broken}")
 
     def _fail(self, what: str, exc: BaseException) -> TLSSessionError:
         # Whatever the alert mbed queued before resetting still goes out.
@@ -468,7 +484,7 @@ class MbedPipe:
                 self._drain()
                 return records, False
             except mbed_exc.TLSError as exc:
-                if isinstance(exc, mbed_tls.RaggedEOF) or getattr(exc, "err", 0) == _PEER_CLOSE_NOTIFY:
+                if _is_close_notify(exc):
                     self.closed = True
                     return records, True
                 raise self._fail("TLS record refused", exc) from None
@@ -477,7 +493,8 @@ class MbedPipe:
     def write(self, data: bytes, slice_size: int = _SLICE) -> None:
         self._check_usable()
         if self.closed:
-            raise TLSSessionError("session closed: close_notify already sent or received")
+            raise TLSSessionError(
+                "session closed: close_notify already sent or received")
         view = memoryview(data)
         try:
             for start in range(0, len(view), slice_size):
@@ -521,7 +538,7 @@ class MbedPipe:
 
 
 def peer_facts(cert: x509.Certificate | None) -> dict[str, str | None]:
-    """Subject and SHA-256 fingerprint (as cert_info spells it) of a peer certificate."""
+    """Subject and SHA-256 fingerprint (spelled as in cert_info) of a peer cert."""
     if cert is None:
         return {"peer_subject": None, "peer_fingerprint": None}
     digest = cert.fingerprint(hashes.SHA256()).hex().upper()
@@ -534,7 +551,8 @@ def peer_facts(cert: x509.Certificate | None) -> dict[str, str | None]:
 # The per-connection stream filter.
 
 class _MbedFilter(SecureFilter):
-    __slots__ = ("bundle", "_pipe", "_pending", "_server", "peer_closed", "handshake_done")
+    __slots__ = ("bundle", "_pipe", "_pending", "_server", "peer_closed",
+                 "handshake_done")
 
     def __init__(self, bundle: Bundle, hostname: str | None) -> None:
         bundle.incref()
