@@ -104,6 +104,11 @@ COMMANDS = [
         description="Reload the certificates of every running TLS listener (or of gobj=)"),
     Cmd("cert-expiry-status", None, [_GOBJ],
         description="Certificate facts of every running TLS listener (or of gobj=)"),
+    Cmd("set-trace", None, [
+        SDATAPM(DTP.STRING, "gclass_name", SDF.REQUIRED, None, "Gclass to trace",
+                aliases=("gclass",)),
+        SDATAPM(DTP.BOOLEAN, "set", SDF.NONE, True, "On (1) or off (0)")],
+        description="Log every event a gclass's gobjs receive (debug level)"),
     Cmd("shutdown", None, [SDATAPM(DTP.INTEGER, "exit_code", SDF.NONE, 0, "Exit code")],
         description="Stop the yuno gracefully"),
 ]
@@ -498,6 +503,16 @@ def cmd_cert_expiry_status(gobj: GObj, cmd: str, kw: dict[str, Any],
                                   data)
 
 
+def cmd_set_trace(gobj: GObj, cmd: str, kw: dict[str, Any], src: GObj | None) -> dict[str, Any]:
+    gc = gclass_find(kw["gclass_name"])
+    if gc is None:
+        return build_command_response(-1, f"{gobj.short_name}: no gclass {kw['gclass_name']!r}")
+    gc.traced = bool(kw.get("set", True))
+    log_info(gobj, "yuno.trace.set", "gclass trace switched", gclass_name=gc.name,
+             traced=gc.traced)
+    return build_command_response(0, f"{gc.name}: trace {'on' if gc.traced else 'off'}")
+
+
 def cmd_shutdown(gobj: GObj, cmd: str, kw: dict[str, Any], src: GObj | None) -> dict[str, Any]:
     from gobj.entry import yuno_shutdown
 
@@ -516,7 +531,8 @@ _HANDLERS = {
     "list-persistent-attrs": cmd_list_persistent_attrs,
     "remove-persistent-attrs": cmd_remove_persistent_attrs, "services": cmd_services,
     "view-log-counters": cmd_view_log_counters, "reload-certs": cmd_reload_certs,
-    "cert-expiry-status": cmd_cert_expiry_status, "shutdown": cmd_shutdown,
+    "cert-expiry-status": cmd_cert_expiry_status, "set-trace": cmd_set_trace,
+    "shutdown": cmd_shutdown,
 }
 COMMANDS = [Cmd(c.name, _HANDLERS[c.name], c.params, c.aliases, c.description, c.wild)
             for c in COMMANDS]

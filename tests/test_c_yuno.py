@@ -101,3 +101,20 @@ def test_stats_filter_and_reset(yuno):
     after = run(yuno, "stats gobj=e stats=__reset__")["data"]
     assert after["echoed_bytes"] == 0  # resettable
     assert after["sessions"] == 3      # a gauge, not reset
+
+
+def test_set_trace_logs_events_of_that_gclass_only(yuno):
+    from gobj import gobj_send_event
+    from gobj.log import capture_logs
+
+    run(yuno, "set-trace gclass=C_YUNO")
+    try:
+        with capture_logs() as logs:
+            gobj_send_event(yuno, "EV_TIMEOUT_PERIODIC", {}, yuno)
+        assert [r["event"] for r in logs if r["msgid"] == "gobj.trace.event"] == \
+            ["EV_TIMEOUT_PERIODIC"]
+    finally:
+        run(yuno, "set-trace gclass=C_YUNO set=0")
+    with capture_logs() as logs:
+        gobj_send_event(yuno, "EV_TIMEOUT_PERIODIC", {}, yuno)
+    assert not [r for r in logs if r["msgid"] == "gobj.trace.event"]
