@@ -522,14 +522,14 @@ def gobj_start_tree(gobj: GObj) -> int:
     """Start gobj then its descendants top-down; a skipped node's subtree is skipped."""
     if gobj.disabled or _manual_start(gobj):
         return 0
-    if not gobj.running:
-        gobj_start(gobj)
+    if not gobj.running and gobj_start(gobj) < 0:
+        return -1  # a gobj that cannot start does not start its children either
 
     def cb(child: GObj) -> int:
         if child.disabled or _manual_start(child):
             return 1
-        if not child.running:
-            gobj_start(child)
+        if not child.running and gobj_start(child) < 0:
+            return 1
         return 0
 
     return gobj_walk_gobj_children_tree(gobj, WALK_TOP2BOTTOM, cb)
