@@ -64,6 +64,8 @@ CERT_SYNC_FLOOR_SEC = 30
 RELAY_TIMEOUT_SEC = 15.0
 RESTART_MAX_SEC = 30.0
 STABLE_SEC = 60.0
+# A yuno stops in well under a second; five covers a loaded box before SIGKILL.
+STOP_GRACE_SEC = 5.0
 
 _RWP = SDF.RD | SDF.WR | SDF.PERSIST
 
@@ -197,7 +199,12 @@ def mt_start(gobj: GObj) -> int:
     priv.gate = gate
     gobj_write_attr(gate, "jwt", priv.token)
     gobj_subscribe_event(gate, None, {}, gobj)
-    _arm_cert_sync(gobj, first=True)
+    # The baseline is what the yunos load at start. It is taken even when the
+    # timer is disabled, so that a change made while it was off (a deploy hook
+    # that copied but could not broadcast) is still seen by cert-sync-now or
+    # by the timer once enabled; re-arming the timer never resets it.
+    priv.baseline = fingerprint_store(gobj.read("cert_sync_store_dir"))
+    _arm_cert_sync(gobj)
     return 0
 
 
@@ -209,16 +216,47 @@ def mt_play(gobj: GObj) -> int:
 
 def mt_stop(gobj: GObj) -> None:
     clear_timeout(gobj.priv.timer)
+    stopping = []
     for y in gobj.priv.yunos.values():
         if y.restart_handle is not None:
             y.restart_handle.cancel()
             y.restart_handle = None
-        _kill(gobj, y, on_purpose=True)
+        if _kill(gobj, y, on_purpose=True) and y.proc is not None:
+            stopping.append(y.proc)
+    _wait_for_exit(gobj, stopping)
+
+
+def _wait_for_exit(gobj: GObj, procs: list[asyncio.subprocess.Process]) -> None:
+    """At shutdown the loop has already stopped, so the 5 s SIGKILL timer of
+    ``_kill`` would never fire and the agent would exit with its yunos still
+    running. Wait for them here (SIGKILL after STOP_GRACE_SEC). While the loop
+    runs (the agent service stopped by a command) the timers do that job."""
+    loop = _loop()
+    live = [p for p in procs if p.returncode is None]
+    if not live or loop.is_running() or loop.is_closed():
+        return
+
+    async def wait_all() -> None:
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in live)), STOP_GRACE_SEC)
+        except asyncio.TimeoutError:
+            for p in live:
+                if p.returncode is None:
+                    log_warning(gobj, "agent.yuno.kill_forced",
+                                "yuno ignored SIGTERM at shutdown; SIGKILL sent", pid=p.pid)
+                    p.kill()
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in live)), STOP_GRACE_SEC)
+
+    try:
+        loop.run_until_complete(wait_all())
+    except (asyncio.TimeoutError, RuntimeError) as exc:
+        log_error(gobj, "agent.stop.wait_failed", "could not wait for the yunos to exit",
+                  error=repr(exc), pids=[p.pid for p in live if p.returncode is None])
 
 
 def mt_writing(gobj: GObj, name: str) -> None:
     if gobj.running and name in ("cert_sync_enabled", "cert_sync_interval_sec"):
-        _arm_cert_sync(gobj, first=False)
+        _arm_cert_sync(gobj)
 
 
 # ---------------------------------------------------------------------------
@@ -546,15 +584,13 @@ async def broadcast(gobj: GObj, line: str, extra: dict[str, Any],
 # ---------------------------------------------------------------------------
 # Cert sync (layer 2)
 # ---------------------------------------------------------------------------
-def _arm_cert_sync(gobj: GObj, *, first: bool) -> None:
+def _arm_cert_sync(gobj: GObj) -> None:
     timer = gobj.priv.timer
     if not gobj.read("cert_sync_enabled"):
         clear_timeout(timer)
         log_info(gobj, "cert_sync.disabled", "cert-sync timer disarmed")
         return
     interval = max(CERT_SYNC_FLOOR_SEC, gobj.read("cert_sync_interval_sec"))
-    if first or gobj.priv.baseline is None:
-        gobj.priv.baseline = fingerprint_store(gobj.read("cert_sync_store_dir"))
     set_timeout_periodic(timer, interval * 1000)
     log_info(gobj, "cert_sync.armed", "cert-sync timer armed", interval_sec=interval,
              store_dir=gobj.read("cert_sync_store_dir"))

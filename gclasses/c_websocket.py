@@ -76,8 +76,12 @@ def mt_create(gobj: GObj) -> None:
         scheme, _, _ = parse_url(gobj.read("url"))
         tcp_url = gobj.read("url").replace(f"{scheme}://", "tcps://" if scheme == "wss"
                                            else "tcp://", 1)
-        kw = {"url": tcp_url, "crypto": gobj.read("crypto"),
+        kw = {"url": tcp_url,
               "timeout_between_connections": gobj.read("timeout_between_connections")}
+        # Only a real TLS config is passed down: C_TCP's crypto is a dict and
+        # refuses None, which is what a plain ws:// client has here.
+        if isinstance(gobj.read("crypto"), dict):
+            kw["crypto"] = gobj.read("crypto")
         gobj.priv.tcp = gobj_create("tcp", C_TCP, kw, gobj)
 
 

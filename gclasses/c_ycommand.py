@@ -28,6 +28,7 @@ C_YCOMMAND = "C_YCOMMAND"
 ATTRS = [
     SDATA(DTP.STRING, "url", SDF.RD, "ws://127.0.0.1:1991", "Agent url"),
     SDATA(DTP.STRING, "jwt", SDF.NONE, "", "Credential"),
+    SDATA(DTP.STRING, "service", SDF.RD, "__default_service__", "Agent service for commands"),
     SDATA(DTP.LIST, "commands", SDF.RD, None, "Lines to run"),
     SDATA(DTP.REAL, "wait", SDF.RD, 2.0, "Seconds to wait for the remaining answers"),
     SDATA(DTP.REAL, "timeout", SDF.RD, 10.0, "Seconds to wait for the connection"),
@@ -62,6 +63,7 @@ def mt_create(gobj: GObj) -> None:
     priv.queue = list(gobj.read("commands") or [])
     priv.cli = gobj_create_service(gobj.read("url"), C_IEVENT_CLI, {
         "url": gobj.read("url"), "jwt": gobj.read("jwt"), "role": "ycommand",
+        "remote_service": gobj.read("service"),
         "binary": gobj.read("binary"), "subscriber": gobj,
         "timeout_between_connections": 0}, gobj)
 

@@ -168,6 +168,8 @@ def _c_real(v: Any) -> float:
 
 def _c_container(kind: type, label: str):  # type: ignore[no-untyped-def]
     def conv(v: Any) -> Any:
+        if v is None:
+            return kind()  # "no value" for a container is the empty one
         if isinstance(v, str):
             v = json.loads(v)
         if kind is list and isinstance(v, tuple):

@@ -3,6 +3,12 @@
 On its embedded default it listens for control clients on ws://127.0.0.1:1991,
 launches the echo yuno (configs/echo.json), and runs the cert-sync timer over
 ``<work_dir>/store/certs``.
+
+The yunos registered at first start come from the variable ``__agent_yunos__``
+(a list of ``{yuno_role, yuno_name, config, must_play}``). It is a variable and
+not a plain ``yunos`` list because config files merge lists by appending: a
+file that set ``yunos`` could add to the embedded echo yuno but never replace
+it, while a variable is replaced whole by the last file that sets it.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ DEFAULT_CONFIG = {
     "__json_config_variables__": {
         "__agent_url__": "ws://127.0.0.1:1991",
         "__store__": "(^^__default_work_dir__^^)/store/certs",
+        "__agent_yunos__": [{"yuno_role": "echo", "yuno_name": "echo",
+                             "config": os.path.join(HERE, "configs", "echo.json")}],
     },
     "environment": {"work_dir": "(^^__default_work_dir__^^)", "domain_dir": "realms/agent"},
     "yuno": {"yuno_role": ROLE, "yuno_name": "agent"},
@@ -35,8 +43,7 @@ DEFAULT_CONFIG = {
                        "kw": {"url": "(^^__agent_url__^^)"}}]},
         {"name": "agent", "gclass": "C_AGENT", "default_service": True, "priority": 1,
          "kw": {
-             "yunos": [{"yuno_role": "echo", "yuno_name": "echo",
-                        "config": os.path.join(HERE, "configs", "echo.json")}],
+             "yunos": "(^^__agent_yunos__^^)",
              "cert_sync_store_dir": "(^^__store__^^)",
              "cert_sync_copy_cmd": os.path.join(HERE, "tools", "copy-certs.sh")
              + " --letsencrypt-dir (^^__default_work_dir__^^)/letsencrypt"

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     ycmd = gobj_create("ycommand", C_YCOMMAND, {
         "url": args.url, "jwt": _read_token(args), "commands": lines, "wait": args.wait,
         "json": args.json, "binary": args.binary, "interactive": args.interactive or not lines,
-        "timeout": args.timeout, "on_done": done}, yuno)
+        "timeout": args.timeout, "service": args.service, "on_done": done}, yuno)
     gobj_start(yuno)
     gobj_start(ycmd)
     gobj_play(yuno)
@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds to wait for more answers from several yunos (default 2)")
     ap.add_argument("-t", "--timeout", type=float, default=10.0,
                     help="seconds to wait for the connection (default 10)")
+    ap.add_argument("-S", "--service", default="__default_service__",
+                    help="agent service that runs the commands (default __default_service__; "
+                         "__yuno__ for the agent's own yuno commands)")
     ap.add_argument("-i", "--interactive", action="store_true", help="read lines from the prompt")
     ap.add_argument("-j", "--jwt", help="the agent's credential (default: its token file)")
     ap.add_argument("--token-file", default=default_token_file(),
