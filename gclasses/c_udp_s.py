@@ -40,7 +40,7 @@ ST_IDLE = "ST_IDLE"
 
 ATTRS = [
     SDATA(DTP.STRING, "url", SDF.RD | SDF.WR | SDF.PERSIST, "", "udp://host:port or udps://..."),
-    SDATA(DTP.JSON, "crypto", SDF.RD | SDF.WR | SDF.PERSIST, None,
+    SDATA(DTP.DICT, "crypto", SDF.RD | SDF.WR | SDF.PERSIST, None,
           "DTLS config; writing it on a running DTLS listener reloads"),
     SDATA(DTP.BOOLEAN, "use_ssl", SDF.RD, False, "DTLS, from the url scheme"),
     SDATA(DTP.STRING, "lHost", SDF.RD, "", "Listening host"),
@@ -57,6 +57,7 @@ ATTRS = [
     SDATA(DTP.INTEGER, "txMsgs", SDF.RD | SDF.RSTATS, 0, "Datagrams sent (cleartext)"),
     SDATA(DTP.INTEGER, "rxMsgs", SDF.RD | SDF.RSTATS, 0, "Datagrams received (cleartext)"),
     SDATA(DTP.INTEGER, "cookies_sent", SDF.RD | SDF.RSTATS, 0, "HelloVerifyRequests sent"),
+    SDATA(DTP.INTEGER, "peers_refused", SDF.RD | SDF.RSTATS, 0, "Peers refused by max_peers"),
     SDATA(DTP.INTEGER, "reloads", SDF.RD | SDF.STATS, 0, "Successful certificate reloads"),
     SDATA(DTP.INTEGER, "reload_failures", SDF.RD | SDF.STATS, 0, "Refused reloads"),
     SDATA(DTP.POINTER, "subscriber", SDF.NONE, None, "Who gets the events (default: parent)"),
@@ -132,6 +133,11 @@ def mt_start(gobj: GObj) -> int:
             log_error(gobj, "udp_s.tls.init_failed", "cannot listen: DTLS configuration refused",
                       error=str(exc), field=exc.field, path=exc.path, url=gobj.read("url"))
             return -1
+        info = priv.ytls.cert_info() or {}
+        if info.get("not_after", 0) < time.time():
+            log_warning(gobj, "udp_s.tls.expired_at_start",
+                        "listening with an expired certificate", serial=info.get("serial"),
+                        not_after=info.get("not_after"))
     try:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
                              socket.SOCK_DGRAM)
@@ -234,8 +240,15 @@ def _admit(gobj: GObj, data: bytes, addr: Any) -> None:
         return
     if len(priv.peers) >= gobj.read("max_peers"):
         session.free()
-        log_warning(gobj, "udp_s.dtls.peers_full", "DTLS peer refused: too many peers",
-                    max_peers=gobj.read("max_peers"), peer=_peer_name(addr))
+        idx = gobj.gclass.attr_index["peers_refused"]
+        gobj._av[idx] += 1
+        refused = gobj._av[idx]
+        # A full listener sees each refused client retransmit: log the 1st,
+        # 10th, 100th... refusal, and let the stat count the rest.
+        if str(refused).rstrip("0") == "1":
+            log_warning(gobj, "udp_s.dtls.peers_full", "DTLS peer refused: too many peers",
+                        max_peers=gobj.read("max_peers"), peer=_peer_name(addr),
+                        refused_so_far=refused)
         return
     peer = _Peer(session)
     priv.peers[addr] = peer
@@ -345,7 +358,8 @@ def ac_tx_data(gobj: GObj, event: str, kw: dict[str, Any], src: GObj | None) -> 
         try:
             peer.session.send(data)
         except ValueError as exc:
-            log_warning(gobj, "udp_s.tx.too_big", "datagram not sent", error=str(exc))
+            log_warning(gobj, "udp_s.tx.too_big", "datagram not sent", error=str(exc),
+                        peer=_peer_name(addr))
             return -1
         except TLSSessionError as exc:
             _forget(gobj, addr, str(exc), notify=True)
