@@ -50,7 +50,7 @@ SECURE_SCHEMES = {"tcps", "wss", "https", "tcp4hs", "mqtts", "udps"}
 
 ATTRS = [
     SDATA(DTP.STRING, "url", SDF.RD | SDF.WR | SDF.PERSIST, "", "Client: where to connect"),
-    SDATA(DTP.JSON, "crypto", SDF.RD | SDF.WR | SDF.PERSIST, None, "Client TLS config"),
+    SDATA(DTP.DICT, "crypto", SDF.RD | SDF.WR | SDF.PERSIST, None, "Client TLS config"),
     SDATA(DTP.BOOLEAN, "use_ssl", SDF.RD, False, "TLS on this connection"),
     SDATA(DTP.BOOLEAN, "__clisrv__", SDF.RD | SDF.STATS, False, "Made by a listener"),
     SDATA(DTP.INTEGER, "timeout_handshake", SDF.RD | SDF.WR, 10000,
@@ -348,9 +348,20 @@ def _on_rx(gobj: GObj, data: bytes) -> None:
             priv.proto.transport.write(out)
         if not was_done and flt.handshake_done:
             _handshake_done(gobj)
+        # A peer that sent close_notify waits for ours before it lets go of
+        # the socket; answer it and close instead of leaving it half open.
+        if getattr(flt, "peer_closed", False):
+            if data and gobj.state == ST_CONNECTED:
+                _publish_rx(gobj, data)
+            _drop(gobj, "peer sent close_notify")
+            return
         if not data or gobj.state != ST_CONNECTED:
             return
-    gobj._av[priv.idx_rx] += len(data)
+    _publish_rx(gobj, data)
+
+
+def _publish_rx(gobj: GObj, data: bytes) -> None:
+    gobj._av[gobj.priv.idx_rx] += len(data)
     gobj_publish_event(gobj, EV_RX_DATA, {"data": data})
 
 

@@ -36,7 +36,7 @@ ST_IDLE = "ST_IDLE"
 ATTRS = [
     SDATA(DTP.STRING, "url", SDF.RD | SDF.WR | SDF.PERSIST, "", "tcp://host:port or tcps://..."),
     SDATA(DTP.INTEGER, "backlog", SDF.RD | SDF.WR, 4096, "listen() backlog"),
-    SDATA(DTP.JSON, "crypto", SDF.RD | SDF.WR | SDF.PERSIST, None,
+    SDATA(DTP.DICT, "crypto", SDF.RD | SDF.WR | SDF.PERSIST, None,
           "TLS config; writing it on a running TLS listener reloads"),
     SDATA(DTP.BOOLEAN, "use_ssl", SDF.RD, False, "TLS, from the url scheme"),
     SDATA(DTP.STRING, "lHost", SDF.RD, "", "Listening host"),

@@ -53,6 +53,7 @@ class SecureFilter(abc.ABC):
     """
 
     handshake_done: bool = False
+    peer_closed: bool = False  # the peer sent close_notify; answer it and close
 
     @abc.abstractmethod
     def start(self) -> None:

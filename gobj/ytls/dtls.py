@@ -760,7 +760,7 @@ class YDTLS:
             if self.server:
                 prove_mbed_serves(proof_context(
                     context, material, crypto, build_mbed_context, datagram=True),
-                    material, datagram=True)
+                    material, datagram=True, crypto=crypto)
             gate = _MbedGate(context, self.mtu)
         bundle = Bundle(context, material, self._live.discard)
         if self.server:

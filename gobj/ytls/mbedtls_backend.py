@@ -169,7 +169,7 @@ class MbedTLS(YTLS):
         if server:
             probe = proof_context(context, material, crypto, build_mbed_context,
                                   datagram=False)
-            prove_mbed_serves(probe, material, datagram=False)
+            prove_mbed_serves(probe, material, datagram=False, crypto=crypto)
         bundle = Bundle(context, material, self._live.discard)
         bundle.incref()
         self._live.add(bundle)
@@ -346,7 +346,8 @@ def proof_context(context: Any, material: Material, crypto: dict[str, Any],
     return build(twin, crypto, server=True, **kwargs)
 
 
-def prove_mbed_serves(context: Any, material: Material, *, datagram: bool) -> None:
+def prove_mbed_serves(context: Any, material: Material, *, datagram: bool,
+                      crypto: dict[str, Any] | None = None) -> None:
     """Handshake with ``context`` in memory; TLSError naming the cause if it fails."""
     kind = mbed_tls.DTLSConfiguration if datagram else mbed_tls.TLSConfiguration
     probe_conf = kind(validate_certificates=False)
@@ -361,7 +362,8 @@ def prove_mbed_serves(context: Any, material: Material, *, datagram: bool) -> No
         settings = material.settings
         raise TLSError(
             f"ssl_ciphers: mbed TLS refused to serve the {info.get('key_type')}-"
-            f"{info.get('key_size')} key with ssl_ciphers "
+            f"{info.get('key_size')} key '{(crypto or {}).get('ssl_certificate_key', '')}' "
+            f"(certificate '{(crypto or {}).get('ssl_certificate', '')}') with ssl_ciphers "
             f"{settings['ciphers'] or 'default'!r}: a loopback handshake failed: {exc}",
             field="ssl_ciphers") from None
 

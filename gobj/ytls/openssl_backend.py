@@ -319,7 +319,7 @@ def _reason(exc: ssl.SSLError) -> str:
 # BIO calls themselves; no per-call buffers or lists in the common case.
 
 class _Filter(SecureFilter):
-    __slots__ = ("_served", "_in", "_out", "_ssl", "_pending", "handshake_done")
+    __slots__ = ("_served", "_in", "_out", "_ssl", "_pending", "handshake_done", "peer_closed")
 
     def __init__(self, served: _Served, hostname: str | None) -> None:
         self._served: _Served | None = served
@@ -329,6 +329,7 @@ class _Filter(SecureFilter):
             self._in, self._out, server_side=served.server, server_hostname=hostname)
         self._pending: list[bytes] = []   # cleartext sent before the handshake ended
         self.handshake_done = False
+        self.peer_closed = False
 
     # Handshake
 
@@ -365,9 +366,15 @@ class _Filter(SecureFilter):
         except ssl.SSLWantReadError:
             return b""
         except ssl.SSLZeroReturnError:
-            return b""  # the peer sent close_notify: no more cleartext will come
+            self.peer_closed = True  # close_notify: no more cleartext will come
+            return b""
         except ssl.SSLError as exc:
             raise TLSSessionError(f"TLS record refused: {_reason(exc)}") from None
+        if not chunk:
+            # CPython's read() gives b"" (not SSLZeroReturnError) once OpenSSL
+            # has received close_notify: the peer is done sending.
+            self.peer_closed = True
+            return chunk
         # Common case: one read drained every record; skip the read that would
         # only raise SSLWantReadError.
         if not self._in.pending and not sslobj.pending():
@@ -379,8 +386,11 @@ class _Filter(SecureFilter):
         try:
             while chunk := sslobj.read(_READ_SIZE):
                 chunks.append(chunk)
-        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            self.peer_closed = True  # b"": close_notify received (see incoming)
+        except ssl.SSLWantReadError:
             pass
+        except ssl.SSLZeroReturnError:
+            self.peer_closed = True
         except ssl.SSLError as exc:
             raise TLSSessionError(f"TLS record refused: {_reason(exc)}") from None
         return b"".join(chunks)
