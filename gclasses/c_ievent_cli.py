@@ -27,7 +27,7 @@ from gobj import (DTP, EVF, SDATA, SDF, GObj, build_command_response, gclass_cre
                   gclass_find, gobj_change_state, gobj_command, gobj_create,
                   gobj_create_pure_child, gobj_find_gobj, gobj_find_service, gobj_pause,
                   gobj_play, gobj_publish_event, gobj_send_event, gobj_start, gobj_stats,
-                  gobj_stop, gobj_subscribe_event, gobj_yuno, kernel, log_info, log_warning)
+                  gobj_stop, gobj_subscribe_event, gobj_yuno, log_info, log_warning)
 from gobj import msg_ievent as iev
 from gclasses.c_ievent_srv import channel_md_yuno
 from gclasses.c_timer import C_TIMER, clear_timeout, register_c_timer, set_timeout

@@ -19,7 +19,7 @@ import hmac
 from typing import Any
 
 from gobj import (DTP, EVF, SDATA, SDF, GObj, build_command_response, gclass_create,
-                  gclass_find, gobj_command, gobj_destroy, gobj_find_service, gobj_publish_event,
+                  gclass_find, gobj_command, gobj_destroy, gobj_find_service,
                   gobj_send_event, gobj_stats, gobj_yuno, log_info, log_warning)
 from gobj import msg_ievent as iev
 from gclasses.c_websocket import register_c_websocket

@@ -24,8 +24,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gobj import (DTP, EVF, SDATA, SDF, GObj, gclass_create, gclass_find, gobj_change_state,
-                  gobj_destroy, gobj_publish_event, gobj_subscribe_event, kernel, log_debug, log_error, log_info,
-                  log_warning)
+                  gobj_destroy, gobj_publish_event, kernel, log_debug, log_error, log_info,
+                  log_warning, gobj_subscribe_owner)
 from gobj.ytls import SecureFilter, TLSError, TLSSessionError, ytls_init
 
 __all__ = ["C_TCP", "register_c_tcp", "parse_url", "SECURE_SCHEMES"]
@@ -148,12 +148,7 @@ def mt_create(gobj: GObj) -> None:
     priv.idx_tx = gobj.gclass.attr_index["txBytes"]
     priv.idx_rx = gobj.gclass.attr_index["rxBytes"]
     gobj.priv = priv
-    # Child subscription model: an explicit subscriber, else the parent.
-    subscriber = gobj.read("subscriber")
-    if subscriber is None and gobj.parent is not None and not gobj.parent.is_yuno:
-        subscriber = gobj.parent
-    if subscriber is not None:
-        gobj_subscribe_event(gobj, None, {}, subscriber)
+    gobj_subscribe_owner(gobj)
 
 
 def mt_start(gobj: GObj) -> int:

@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from gobj import (DTP, SDATA, SDF, Cmd, GObj, build_command_response, gclass_create,
@@ -26,7 +27,8 @@ from gobj.ytls import TLSError, ytls_init
 from gclasses.c_tcp import C_TCP, SECURE_SCHEMES, _Proto, accept_connection, parse_url, \
     register_c_tcp
 
-__all__ = ["C_TCP_S", "register_c_tcp_s", "connection_closed", "reload_certs", "view_cert"]
+__all__ = ["C_TCP_S", "register_c_tcp_s", "connection_closed", "prepare_listener",
+           "reload_certs", "view_cert"]
 
 C_TCP_S = "C_TCP_S"
 
@@ -91,27 +93,41 @@ def mt_create(gobj: GObj) -> None:
     gobj.priv = _Priv()
 
 
-def mt_start(gobj: GObj) -> int:
+def prepare_listener(gobj: GObj, prefix: str,
+                     make_ytls: Callable[[dict[str, Any]], Any]) -> tuple[str, int] | None:
+    """Parse ``url``, set ``use_ssl`` from its scheme and build the first TLS
+    context with ``make_ytls(crypto)``. Returns (host, port), or None after
+    logging why the listener cannot start. Shared by C_TCP_S and C_UDP_S."""
     try:
         scheme, host, port = parse_url(gobj.read("url"))
     except ValueError as exc:
-        log_error(gobj, "tcp_s.listen.bad_url", "cannot listen: bad url", error=str(exc))
-        return -1
+        log_error(gobj, f"{prefix}.listen.bad_url", "cannot listen: bad url", error=str(exc))
+        return None
     use_ssl = scheme in SECURE_SCHEMES
     gobj._av[gobj.gclass.attr_index["use_ssl"]] = use_ssl
+    if not use_ssl:
+        return host, port
+    try:
+        gobj.priv.ytls = make_ytls(gobj.read("crypto") or {})
+    except TLSError as exc:
+        log_error(gobj, f"{prefix}.tls.init_failed", "cannot listen: TLS configuration refused",
+                  error=str(exc), field=exc.field, path=exc.path, url=gobj.read("url"))
+        return None
+    info = gobj.priv.ytls.cert_info() or {}
+    if info.get("not_after", 0) < time.time():
+        log_warning(gobj, f"{prefix}.tls.expired_at_start",
+                    "listening with an expired certificate", serial=info.get("serial"),
+                    not_after=info.get("not_after"))
+    return host, port
+
+
+def mt_start(gobj: GObj) -> int:
+    where = prepare_listener(gobj, "tcp_s", lambda crypto: ytls_init(crypto, server=True))
+    if where is None:
+        return -1
+    host, port = where
     priv: _Priv = gobj.priv
-    if use_ssl:
-        try:
-            priv.ytls = ytls_init(gobj.read("crypto") or {}, server=True)
-        except TLSError as exc:
-            log_error(gobj, "tcp_s.tls.init_failed", "cannot listen: TLS configuration refused",
-                      error=str(exc), field=exc.field, path=exc.path, url=gobj.read("url"))
-            return -1
-        info = priv.ytls.cert_info() or {}
-        if info.get("not_after", 0) < time.time():
-            log_warning(gobj, "tcp_s.tls.expired_at_start",
-                        "listening with an expired certificate", serial=info.get("serial"),
-                        not_after=info.get("not_after"))
+    use_ssl = gobj.read("use_ssl")
     try:
         sock = _listen_socket(host, port, gobj.read("backlog"))
     except OSError as exc:

@@ -25,11 +25,10 @@ import time
 from typing import Any
 
 from gobj import (DTP, EVF, SDATA, SDF, Cmd, GObj, gclass_create, gclass_find,
-                  gobj_change_state, gobj_publish_event, gobj_subscribe_event, kernel,
-                  log_debug, log_error, log_info, log_warning)
-from gobj.ytls import TLSError, TLSSessionError
-from gclasses.c_tcp import SECURE_SCHEMES, parse_url
-from gclasses.c_tcp_s import cmd_reload_certs, cmd_view_cert, reload_certs
+                  gobj_change_state, gobj_publish_event, kernel,
+                  log_debug, log_error, log_info, log_warning, gobj_subscribe_owner)
+from gobj.ytls import TLSSessionError
+from gclasses.c_tcp_s import cmd_reload_certs, cmd_view_cert, prepare_listener, reload_certs
 
 __all__ = ["C_UDP_S", "register_c_udp_s"]
 
@@ -108,36 +107,19 @@ def _peer_name(addr: Any) -> str:
 # ---------------------------------------------------------------------------
 def mt_create(gobj: GObj) -> None:
     gobj.priv = _Priv()
-    subscriber = gobj.read("subscriber")
-    if subscriber is None and gobj.parent is not None and not gobj.parent.is_yuno:
-        subscriber = gobj.parent
-    if subscriber is not None:
-        gobj_subscribe_event(gobj, None, {}, subscriber)
+    gobj_subscribe_owner(gobj)
 
 
 def mt_start(gobj: GObj) -> int:
-    try:
-        scheme, host, port = parse_url(gobj.read("url"))
-    except ValueError as exc:
-        log_error(gobj, "udp_s.listen.bad_url", "cannot listen: bad url", error=str(exc))
-        return -1
-    use_ssl = scheme in SECURE_SCHEMES
-    gobj._av[gobj.gclass.attr_index["use_ssl"]] = use_ssl
-    priv: _Priv = gobj.priv
-    if use_ssl:
-        from gobj.ytls.dtls import YDTLS
+    from gobj.ytls.dtls import YDTLS
 
-        try:
-            priv.ytls = YDTLS(gobj.read("crypto") or {}, server=True, mtu=gobj.read("mtu"))
-        except TLSError as exc:
-            log_error(gobj, "udp_s.tls.init_failed", "cannot listen: DTLS configuration refused",
-                      error=str(exc), field=exc.field, path=exc.path, url=gobj.read("url"))
-            return -1
-        info = priv.ytls.cert_info() or {}
-        if info.get("not_after", 0) < time.time():
-            log_warning(gobj, "udp_s.tls.expired_at_start",
-                        "listening with an expired certificate", serial=info.get("serial"),
-                        not_after=info.get("not_after"))
+    where = prepare_listener(gobj, "udp_s", lambda crypto: YDTLS(
+        crypto, server=True, mtu=gobj.read("mtu")))
+    if where is None:
+        return -1
+    host, port = where
+    use_ssl = gobj.read("use_ssl")
+    priv: _Priv = gobj.priv
     try:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
                              socket.SOCK_DGRAM)

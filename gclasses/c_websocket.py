@@ -18,8 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 from gobj import (DTP, EVF, SDATA, SDF, GObj, gclass_create, gclass_find, gobj_create,
-                  gobj_destroy, gobj_publish_event, gobj_send_event, gobj_start,
-                  gobj_subscribe_event, gobj_unsubscribe_event, log_info, log_warning)
+                  gobj_publish_event, gobj_send_event, gobj_start,
+                  gobj_subscribe_event, gobj_subscribe_owner, gobj_unsubscribe_event, log_info,
+                  log_warning)
 from gobj.websocket_proto import (Binary, Closed, Opened, ProtocolError, Text, WSEndpoint,
                                   WSStateError)
 from gclasses.c_tcp import C_TCP, parse_url, register_c_tcp
@@ -62,9 +63,7 @@ class _Priv:
 # ---------------------------------------------------------------------------
 def mt_create(gobj: GObj) -> None:
     gobj.priv = _Priv()
-    subscriber = gobj.read("subscriber") or gobj.parent
-    if subscriber is not None and not subscriber.is_yuno:
-        gobj_subscribe_event(gobj, None, {}, subscriber)
+    gobj_subscribe_owner(gobj)
     tcp = gobj.read("tcp")
     if tcp is not None:  # server side: adopt the accepted connection
         gobj.priv.tcp = tcp

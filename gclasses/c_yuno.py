@@ -22,7 +22,7 @@ from typing import Any
 
 from gobj import (DTP, EVF, SDATA, SDATAPM, SDF, WALK_TOP2BOTTOM, Cmd, GObj,
                   build_command_response, gclass_create, gclass_find, gobj_command,
-                  gobj_create_pure_child, gobj_find_gobj, gobj_find_service, gobj_iter_descendants,
+                  gobj_create_pure_child, gobj_find_gobj,
                   gobj_play, gobj_publish_event, gobj_read_attr, gobj_read_attrs, gobj_stats,
                   gobj_walk_gobj_children_tree, gobj_write_attr, kernel, log_critical, log_info,
                   log_warning)

@@ -19,7 +19,7 @@ from gobj.runtime import (WALK_BOTTOM2TOP, WALK_BYLEVEL, WALK_TOP2BOTTOM, Config
                           gobj_play, gobj_post_event, gobj_publish_event, gobj_read_attr,
                           gobj_read_attrs, gobj_send_event, gobj_start, gobj_start_children,
                           gobj_start_tree, gobj_stop, gobj_stop_children, gobj_stop_tree,
-                          gobj_subscribe_event, gobj_unsubscribe_event,
+                          gobj_subscribe_event, gobj_subscribe_owner, gobj_unsubscribe_event,
                           gobj_walk_gobj_children_tree, gobj_write_attr, gobj_yuno, kernel)
 
 __all__ = [
@@ -35,6 +35,6 @@ __all__ = [
     "gobj_find_service", "gobj_iter_descendants", "gobj_pause", "gobj_play", "gobj_post_event",
     "gobj_publish_event", "gobj_read_attr", "gobj_read_attrs", "gobj_send_event", "gobj_start",
     "gobj_start_children", "gobj_start_tree", "gobj_stop", "gobj_stop_children",
-    "gobj_stop_tree", "gobj_subscribe_event", "gobj_unsubscribe_event",
+    "gobj_stop_tree", "gobj_subscribe_event", "gobj_subscribe_owner", "gobj_unsubscribe_event",
     "gobj_walk_gobj_children_tree", "gobj_write_attr", "gobj_yuno", "kernel",
 ]

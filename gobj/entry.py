@@ -56,7 +56,7 @@ def _use_uvloop(config: dict[str, Any], flag: bool) -> bool:
     if not flag or not config.get("environment", {}).get("use_uvloop", True):
         return False
     try:
-        import uvloop  # noqa: F401
+        import uvloop  # noqa: F401  (only asking whether it is installed)
     except ImportError:
         return False
     return True

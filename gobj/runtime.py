@@ -48,6 +48,7 @@ __all__ = [
     "gobj_post_event",
     "gobj_publish_event",
     "gobj_subscribe_event",
+    "gobj_subscribe_owner",
     "gobj_unsubscribe_event",
     "gobj_change_state",
     "gobj_read_attr",
@@ -812,6 +813,18 @@ def gobj_subscribe_event(publisher: GObj, event: str | None, kw: dict[str, Any] 
         _drop_subscription(sub)
         return None
     return sub
+
+
+def gobj_subscribe_owner(gobj: GObj) -> GObj | None:
+    """The child subscription model: the gobj named by the ``subscriber`` attr, or
+    else the parent (unless it is the yuno), subscribes to all of gobj's output
+    events. Returns the subscriber, or None when there is none."""
+    subscriber = gobj.read("subscriber") if "subscriber" in gobj.gclass.attr_index else None
+    if subscriber is None and gobj.parent is not None and not gobj.parent.is_yuno:
+        subscriber = gobj.parent
+    if subscriber is not None:
+        gobj_subscribe_event(gobj, None, {}, subscriber)
+    return subscriber
 
 
 def _drop_subscription(sub: Subscription) -> None:
