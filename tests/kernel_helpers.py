@@ -31,3 +31,16 @@ def make_yuno(name: str = "test") -> GObj:
 
 def drop(gc) -> None:
     gclass_unregister(gc.name)
+
+
+# What a reload allocates comes from these files; allocations elsewhere in the
+# process (pytest's own bookkeeping, another test's leftover thread) are noise
+# that a full-suite run adds and a leak check must not count.
+_RELOAD_CODE = ("/gobj/", "/gclasses/", "/ssl.py", "/mbedtls/", "/OpenSSL/",
+                "/cryptography/", "/asyncio/", "/json/")
+
+
+def reload_growth(before, after) -> int:
+    """Bytes still held after the window, allocated by the reload path's code."""
+    return sum(stat.size_diff for stat in after.compare_to(before, "filename")
+               if any(part in stat.traceback[0].filename for part in _RELOAD_CODE))
