@@ -329,8 +329,35 @@ def _matching(gobj: GObj, kw: dict[str, Any]) -> list[_Yuno]:
 # ---------------------------------------------------------------------------
 def _launch_all(gobj: GObj) -> None:
     for y in gobj.priv.yunos.values():
+        _reap_orphan(gobj, y)
         if y.enabled and not y.alive():
             _launch(gobj, y)
+
+
+def _reap_orphan(gobj: GObj, y: _Yuno) -> None:
+    """Stop a yuno left running by a previous agent that died without stopping
+    it (SIGKILL, OOM): otherwise the new agent would launch a second copy that
+    cannot bind its ports while the orphan serves unsupervised."""
+    folder = os.path.join(gobj.priv.data_dir, "yunos", f"{y.yuno_role}^{y.yuno_name}")
+    try:
+        with open(os.path.join(folder, "yuno.pid"), encoding="utf-8") as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (OSError, ValueError):
+        return
+    if os.path.join(folder, "agent-launch.json").encode() not in cmdline:
+        return  # the pid was reused by an unrelated process
+    log_warning(gobj, "agent.yuno.orphan", "yuno left by a previous agent; stopping it",
+                target=f"{y.yuno_role}^{y.yuno_name}", pid=pid)
+    try:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            time.sleep(0.05)
+            os.kill(pid, 0)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _agent_file(gobj: GObj, y: _Yuno) -> str:
@@ -340,6 +367,10 @@ def _agent_file(gobj: GObj, y: _Yuno) -> str:
     os.makedirs(folder, mode=0o700, exist_ok=True)
     y.launch_id = (int(time.time()) << 16) + next(gobj.priv.launch_seq)
     config = {
+        # The yuno's own defaults derive paths (its certificate store among them)
+        # from __default_work_dir__: make that the agent's work dir, not whatever
+        # the environment of the agent's caller said.
+        "__json_config_variables__": {"__default_work_dir__": work_dir},
         "environment": {
             "work_dir": work_dir, "domain_dir": f"realms/{y.yuno_role}/{y.yuno_name}",
             "console_log_handlers": {},
@@ -381,12 +412,13 @@ async def _spawn(gobj: GObj, y: _Yuno, argv: list[str], folder: str) -> None:
     except OSError as exc:
         errlog.close()
         log_error(gobj, "agent.yuno.launch_failed", "cannot launch yuno",
-                  yuno=f"{y.yuno_role}^{y.yuno_name}", argv=argv, error=str(exc))
+                  target=f"{y.yuno_role}^{y.yuno_name}", argv=argv, error=str(exc))
         _schedule_restart(gobj, y)
         return
     errlog.close()
     y.proc = proc
-    log_info(gobj, "agent.yuno.launched", "yuno launched", yuno=f"{y.yuno_role}^{y.yuno_name}",
+    atomic_write(os.path.join(folder, "yuno.pid"), f"{proc.pid}\n".encode())
+    log_info(gobj, "agent.yuno.launched", "yuno launched", target=f"{y.yuno_role}^{y.yuno_name}",
              pid=proc.pid, launch_id=y.launch_id)
     rc = await proc.wait()
     _on_exit(gobj, y, rc)
@@ -396,13 +428,21 @@ def _on_exit(gobj: GObj, y: _Yuno, rc: int) -> None:
     ran = time.monotonic() - y.started_at
     who = f"{y.yuno_role}^{y.yuno_name}"
     if y.killing or not gobj.running:
-        log_info(gobj, "agent.yuno.stopped", "yuno stopped", yuno=who, exit_code=rc)
+        log_info(gobj, "agent.yuno.stopped", "yuno stopped", target=who, exit_code=rc)
         return
-    log_warning(gobj, "agent.yuno.died", "yuno died unexpectedly", yuno=who, exit_code=rc,
-                ran_sec=round(ran, 1))
+    log_warning(gobj, "agent.yuno.died", "yuno died unexpectedly", target=who, exit_code=rc,
+                ran_sec=round(ran, 1), stderr_log=os.path.join(
+                    gobj.priv.data_dir, "yunos", f"{y.yuno_role}^{y.yuno_name}", "stderr.log"),
+                yuno_log=_yuno_log(gobj, y))
     if ran > STABLE_SEC:
         y.restarts = 0
     _schedule_restart(gobj, y)
+
+
+def _yuno_log(gobj: GObj, y: _Yuno) -> str:
+    yuno = gobj_yuno()
+    work_dir = yuno.read("work_dir") if yuno else os.path.abspath("var")
+    return os.path.join(work_dir, "realms", y.yuno_role, y.yuno_name, "logs", "yuno.log")
 
 
 def _schedule_restart(gobj: GObj, y: _Yuno) -> None:
@@ -411,7 +451,7 @@ def _schedule_restart(gobj: GObj, y: _Yuno) -> None:
     delay = min(RESTART_MAX_SEC, 0.5 * (2 ** y.restarts))
     y.restarts += 1
     log_info(gobj, "agent.yuno.restart_scheduled", "yuno restart scheduled",
-             yuno=f"{y.yuno_role}^{y.yuno_name}", delay_sec=delay, restarts=y.restarts)
+             target=f"{y.yuno_role}^{y.yuno_name}", delay_sec=delay, restarts=y.restarts)
 
     def go() -> None:
         y.restart_handle = None
@@ -435,7 +475,7 @@ def _kill(gobj: GObj, y: _Yuno, *, on_purpose: bool) -> bool:
     def force() -> None:
         if proc.returncode is None:
             log_warning(gobj, "agent.yuno.kill_forced", "yuno ignored SIGTERM; SIGKILL sent",
-                        yuno=f"{y.yuno_role}^{y.yuno_name}", pid=proc.pid)
+                        target=f"{y.yuno_role}^{y.yuno_name}", pid=proc.pid)
             proc.kill()
 
     _loop().call_later(5.0, force)
@@ -463,10 +503,18 @@ def ac_on_open(gobj: GObj, event: str, kw: dict[str, Any], src: GObj | None) -> 
                     client_id=channel.read("client_id"), pid=channel.read("client_pid"))
         gobj_command_drop(channel, "unknown yuno")
         return -1
+    pid = channel.read("client_pid")
+    others = y.channel is not None and y.channel is not channel and not y.channel.destroyed
+    if others or (y.alive() and y.proc is not None and pid != y.proc.pid):
+        log_warning(gobj, "agent.yuno.duplicate", "a second process claims this yuno's "
+                    "identity; channel dropped", target=f"{y.yuno_role}^{y.yuno_name}",
+                    pid=pid, launched_pid=y.proc.pid if y.proc else 0)
+        gobj_command_drop(channel, "duplicate yuno")
+        return -1
     y.channel = channel
     y.playing = bool((channel.read("identity") or {}).get("playing"))
     _count_running(gobj)
-    log_info(gobj, "agent.yuno.connected", "yuno connected", yuno=f"{y.yuno_role}^{y.yuno_name}",
+    log_info(gobj, "agent.yuno.connected", "yuno connected", target=f"{y.yuno_role}^{y.yuno_name}",
              pid=channel.read("client_pid"), channel=channel.name)
     if y.must_play and not y.playing:
         send_iev(channel, iev.EV_PLAY_YUNO, {})
@@ -488,7 +536,7 @@ def ac_on_close(gobj: GObj, event: str, kw: dict[str, Any], src: GObj | None) ->
             y.channel = None
             y.playing = False
             log_info(gobj, "agent.yuno.disconnected", "yuno channel closed",
-                     yuno=f"{y.yuno_role}^{y.yuno_name}")
+                     target=f"{y.yuno_role}^{y.yuno_name}")
     _count_running(gobj)
     return 0
 

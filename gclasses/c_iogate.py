@@ -13,13 +13,14 @@ loopback address, so the control plane never listens beyond this host.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import itertools
 from typing import Any
 
 from gobj import (DTP, EVF, SDATA, SDF, GObj, gclass_create, gclass_find, gobj_create,
                   gobj_find_child, gobj_publish_event, gobj_send_event, gobj_subscribe_event,
-                  log_error)
+                  kernel, log_error, log_info)
 from gclasses.c_ievent_srv import C_IEVENT_SRV, register_c_ievent_srv
 from gclasses.c_tcp import parse_url
 from gclasses.c_tcp_s import register_c_tcp_s
@@ -33,6 +34,10 @@ ATTRS = [
     SDATA(DTP.STRING, "jwt", SDF.NONE, "", "Credential every client card must carry"),
     SDATA(DTP.INTEGER, "max_frame", SDF.RD | SDF.WR, 1 << 20, "Largest frame accepted"),
     SDATA(DTP.INTEGER, "max_message", SDF.RD | SDF.WR, 4 << 20, "Largest message accepted"),
+    # 10 s: a real client sends its card right after the upgrade; a connection
+    # that does not is a stray or a probe, and holding it costs memory.
+    SDATA(DTP.INTEGER, "timeout_identity", SDF.RD | SDF.WR, 10000,
+          "ms for a new connection to be authenticated, then it is dropped"),
     SDATA(DTP.INTEGER, "channels", SDF.RD | SDF.STATS, 0, "Open channels"),
     SDATA(DTP.POINTER, "subscriber", SDF.NONE, None, "Who gets channel events"),
 ]
@@ -90,7 +95,19 @@ def ac_connected(gobj: GObj, event: str, kw: dict[str, Any], src: GObj | None) -
     channel.running = ws.running = True
     gobj.priv["channels"][name] = channel
     gobj._av[gobj.gclass.attr_index["channels"]] += 1
+    loop = kernel.loop or asyncio.get_event_loop()
+    loop.call_later(gobj.read("timeout_identity") / 1000.0, _identity_deadline, gobj, channel)
     return gobj_send_event(ws, "EV_CONNECTED", kw, src)
+
+
+def _identity_deadline(gobj: GObj, channel: GObj) -> None:
+    if channel.destroyed or channel.state == "ST_SESSION":
+        return
+    log_info(gobj, "iogate.auth.timeout", "connection not authenticated in time; dropped",
+             channel=channel.name, peername=channel.read("peername"),
+             timeout_ms=gobj.read("timeout_identity"))
+    if channel.children:
+        gobj_send_event(channel.children[0], "EV_DROP", {"reason": "no identity card"}, channel)
 
 
 def ac_stray(gobj: GObj, event: str, kw: dict[str, Any], src: GObj | None) -> int:

@@ -482,6 +482,10 @@ def cmd_reload_certs(gobj: GObj, cmd: str, kw: dict[str, Any], src: GObj | None)
     if reloaded:
         check_cert_expiry(gobj)  # a fresh certificate clears a standing alert at once
     comment = f"{_prefix(gobj)}: reloaded {reloaded} TLS listener(s), {failed} failed"
+    unchanged = sum(1 for d in details if d["result"] >= 0
+                    and isinstance(d["data"], dict) and d["data"].get("changed") is False)
+    if unchanged:
+        comment += f" ({unchanged} already served these files)"
     if failed:
         comment += ": " + "; ".join(f"{d['gobj']}: {d['comment']}" for d in details
                                     if d["result"] < 0)

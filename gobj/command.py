@@ -217,6 +217,8 @@ def gobj_command(gobj: GObj, line: str, kw: dict[str, Any] | None = None,
     except CommandError as exc:
         return build_command_response(-1, f"{gobj.short_name}: {exc}")
     cmd = gobj.gclass.find_command(name)
+    if cmd is None and name.lower() in ("help", "h", "?"):
+        return _generic_help(gobj)
     if cmd is None:
         if not gobj.gclass.commands:
             return build_command_response(-1, f"{gobj.short_name}: no command table")
@@ -233,6 +235,20 @@ def gobj_command(gobj: GObj, line: str, kw: dict[str, Any] | None = None,
         gobj_send_event(gobj, event, kw_cmd, src)
         return None
     return cmd.handler(gobj, cmd.name, kw_cmd, src)
+
+
+def _generic_help(gobj: GObj) -> dict[str, Any]:
+    """``help`` for a gclass whose table does not define its own."""
+    lines = [f"Commands of {gobj.short_name}", "=" * 40]
+    rows = []
+    for c in gobj.gclass.commands:
+        params = " ".join(("<%s>" if p.flag & SDF.REQUIRED else "[%s=]") % p.name
+                          for p in c.params)
+        lines.append(f"- {', '.join([c.name, *c.aliases])} {params}".rstrip()
+                     + f"  {c.description}")
+        rows.append({"command": c.name, "aliases": list(c.aliases),
+                     "description": c.description})
+    return build_command_response(0, "\n".join(lines), None, rows)
 
 
 def gobj_stats(gobj: GObj, stats: str = "", kw: dict[str, Any] | None = None,

@@ -23,6 +23,7 @@ from typing import Any
 
 from gobj.config import (ORIGIN, assemble_config, parse_config_arg, read_config_file,
                          read_config_text, strip_origins, validate_config)
+from gobj.gclass import GCF
 from gobj.log import log_critical, log_info, set_identity, setup_handlers
 from gobj.persist import PersistStore
 from gobj.runtime import (ConfigError, GObj, GObjError, gobj_create_tree, gobj_create_yuno, gobj_destroy,
@@ -109,11 +110,42 @@ def run_services(yuno: GObj) -> None:
                     gobj_start(svc)
                 else:
                     gobj_start_tree(svc)
+    failed = _not_started(services)
+    if failed:
+        # A yuno that cannot serve what its config declares (a port in use, a
+        # certificate that does not load) stops at once with a non-zero exit,
+        # so a supervisor sees the failure instead of a process serving nothing.
+        log_critical(yuno, "yuno.start.failed", "services failed to start; yuno exits",
+                     gobjs=failed, exit_code=3)
+        yuno_shutdown(3)
+        return
     gobj_play(yuno)
     for prio in range(10):
         for svc in services:
             if svc.priority == prio and svc.autoplay and not svc.playing:
                 gobj_play(svc)
+
+
+def _not_started(services: list[GObj]) -> list[str]:
+    """Autostart gobjs (a service, or its whole tree when it has no mt_play)
+    that are not running after the start phase: their mt_start refused."""
+    failed: list[str] = []
+    for svc in services:
+        if not svc.autostart or svc.disabled:
+            continue
+        nodes = [svc] if "mt_play" in svc.gclass.methods else [svc, *gobj_iter_descendants(svc)]
+        skipped: set[int] = set()
+        for node in nodes:
+            if node.parent is not None and id(node.parent) in skipped:
+                skipped.add(id(node))
+                continue
+            if node.disabled or node.gclass.flags & GCF.MANUAL_START:
+                skipped.add(id(node))
+                continue
+            if not node.running:
+                failed.append(node.full_name)
+                skipped.add(id(node))
+    return failed
 
 
 def stop_services(yuno: GObj) -> None:

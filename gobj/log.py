@@ -86,7 +86,10 @@ def _emit(level: str, gobj: GObj | None, msgid: str, msg: str, fields: dict[str,
         record["gobj"] = gobj.full_name
         record["state"] = gobj.state
     if fields:
-        record.update(_mask(fields))
+        for key, value in _mask(fields).items():
+            # The header (yuno, gobj, state, ...) is who logged; a field that
+            # reuses one of its names is kept beside it, never over it.
+            record[f"{key}_" if key in record else key] = value
     line = json.dumps(record, default=str, ensure_ascii=False)
     rank = _RANK[level]
     with _lock:

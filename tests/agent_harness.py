@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from gobj.ytls.material import serial_hex
 import pytest
 
 __all__ = ["Agent", "EchoSession", "WSClient", "agent_factory", "decode_answers",
@@ -458,7 +459,7 @@ class EchoSession:
 
         der = self.sock.getpeercert(binary_form=True)
         assert der is not None
-        self.serial = format(x509.load_der_x509_certificate(der).serial_number, "X")
+        self.serial = serial_hex(x509.load_der_x509_certificate(der).serial_number)
 
     def echo(self, data: bytes) -> bytes:
         """Send ``data``; return what came back (as many bytes as were sent)."""

@@ -204,7 +204,7 @@ def test_registry_survives_restart_and_sigterm_leaves_nothing(
     assert agent.stop(signal.SIGTERM) == 0
     assert agent.yuno_pids() == []
     assert not any(alive(y["pid"]) for y in before.values())
-    stopped = [r["yuno"] for r in agent.records() if r["msgid"] == "agent.yuno.stopped"]
+    stopped = [r["target"] for r in agent.records() if r["msgid"] == "agent.yuno.stopped"]
     assert sorted(stopped) == ["echo^echo", "echo^echo2"]
 
     agent.start(wait_yunos=2)

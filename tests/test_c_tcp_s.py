@@ -29,6 +29,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from gobj.ytls.material import serial_hex
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -96,7 +97,7 @@ def _replace(path: Path, data: bytes) -> None:
 
 
 def serial_of(files: CertFiles) -> str:
-    return format(files.leaf.serial_number, "X")
+    return serial_hex(files.leaf.serial_number)
 
 
 @pytest.fixture
@@ -178,7 +179,7 @@ class Client:
 
     @property
     def serial(self) -> str:
-        return format(x509.load_der_x509_certificate(self.peer_der).serial_number, "X")
+        return serial_hex(x509.load_der_x509_certificate(self.peer_der).serial_number)
 
     async def echo(self, data: bytes) -> bytes:
         self.writer.write(data)

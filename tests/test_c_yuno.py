@@ -118,3 +118,13 @@ def test_set_trace_logs_events_of_that_gclass_only(yuno):
     with capture_logs() as logs:
         gobj_send_event(yuno, "EV_TIMEOUT_PERIODIC", {}, yuno)
     assert not [r for r in logs if r["msgid"] == "gobj.trace.event"]
+
+
+def test_any_gobj_answers_help_with_its_own_commands(yuno):
+    from gclasses.c_tcp_s import C_TCP_S, register_c_tcp_s
+
+    register_c_tcp_s()
+    listener = gobj_create_service("l", C_TCP_S, {"url": "tcp://127.0.0.1:0"}, yuno)
+    r = gobj_command(listener, "help")
+    assert r["result"] == 0 and {c["command"] for c in r["data"]} == {"reload-certs",
+                                                                         "view-cert"}

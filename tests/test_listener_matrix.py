@@ -35,6 +35,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from gobj.ytls.material import serial_hex
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -95,7 +96,7 @@ def _replace(path: Path, data: bytes) -> None:
 
 
 def serial_of(files: CertFiles) -> str:
-    return format(files.leaf.serial_number, "X")
+    return serial_hex(files.leaf.serial_number)
 
 
 def fingerprint_of(cert: x509.Certificate) -> str:

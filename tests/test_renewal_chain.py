@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from gobj.ytls.material import serial_hex
 import pytest
 from cryptography import x509
 
@@ -50,7 +51,7 @@ def script(path: Path, body: str) -> Path:
 
 def lineage_serial(certbot: CertbotEnv) -> str:
     leaf = x509.load_pem_x509_certificate((certbot.lineage(NAME) / "cert.pem").read_bytes())
-    return format(leaf.serial_number, "X")
+    return serial_hex(leaf.serial_number)
 
 
 class Chain:

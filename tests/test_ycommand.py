@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
+from gobj.ytls.material import serial_hex
 import pytest
 from cryptography import x509
 
@@ -55,7 +56,7 @@ def test_view_cert_returns_the_served_certificate(agent: Agent) -> None:
     assert answer["result"] == 0 and answer["yuno"] == "echo^echo"
     cert = answer["data"]
     on_disk = x509.load_pem_x509_certificate(Path(cert["ssl_certificate"]).read_bytes())
-    assert cert["serial"] == format(on_disk.serial_number, "X")
+    assert cert["serial"] == serial_hex(on_disk.serial_number)
     session = EchoSession(agent.echo_port("echo"))
     try:
         assert session.serial == cert["serial"]

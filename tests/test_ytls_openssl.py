@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from gobj.ytls.material import serial_hex
 import pytest
 
 from gobj.ytls import SecureFilter, TLSError, TLSSessionError, YTLS, load_material, ytls_init
@@ -111,18 +112,18 @@ def refused(tls: YTLS, crypto: dict[str, Any], *needles: str) -> TLSError:
 def test_reload_a_to_b_then_failed_reload_keeps_b(
         tmp_path: Path, root: CA, server_a: YTLS, cert_a: CertFiles, cert_b: CertFiles) -> None:
     client = client_for(root)
-    assert server_a.cert_info()["serial"] == format(cert_a.leaf.serial_number, "X")
+    assert server_a.cert_info()["serial"] == serial_hex(cert_a.leaf.serial_number)
 
     result = server_a.reload(cert_b.crypto())
     assert result["changed"] is True
-    assert result["old"]["serial"] == format(cert_a.leaf.serial_number, "X")
-    assert result["new"]["serial"] == format(cert_b.leaf.serial_number, "X")
+    assert result["old"]["serial"] == serial_hex(cert_a.leaf.serial_number)
+    assert result["new"]["serial"] == serial_hex(cert_b.leaf.serial_number)
 
     missing = tmp_path / "nowhere.pem"
     refused(server_a, cert_b.crypto(ssl_certificate=str(missing)), str(missing), "no such file")
     c, s = connect(client, server_a)
     assert fingerprint_seen(c, s) == server_a.cert_info()["fingerprint"]
-    assert server_a.cert_info()["serial"] == format(cert_b.leaf.serial_number, "X")
+    assert server_a.cert_info()["serial"] == serial_hex(cert_b.leaf.serial_number)
 
 
 def test_reload_same_files_is_a_noop(server_a: YTLS, cert_a: CertFiles) -> None:

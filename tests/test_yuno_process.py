@@ -89,3 +89,27 @@ def test_yuno_runs_and_exits_zero_on_sigterm(tmp_path):
         assert r["yuno"] == "echo^e1" and r["gobj"].startswith("C_YUNO^e1") and r["gclass"]
         assert r["level"] in ("info", "debug"), r
         assert r["timestamp"][-6] in "+-"  # ISO 8601 with a zone
+
+
+def test_a_service_that_cannot_start_stops_the_yuno_with_exit_3(tmp_path):
+    """A port already in use: the yuno says which gobj failed and exits 3
+    instead of running and serving nothing."""
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    cfg = write(tmp_path, "busy.json", {"yuno": {"yuno_name": "e2"}, "__json_config_variables__": {
+        "__echo_url__": f"tcp://127.0.0.1:{port}", "__echo_dtls_url__": "udp://127.0.0.1:0"}})
+    try:
+        proc = run_echo(["-f", cfg], tmp_path)
+    finally:
+        busy.close()
+    assert proc.returncode == 3, proc.stderr
+    records = [json.loads(x) for x in proc.stdout.splitlines() if x.strip()]
+    failed = [r for r in records if r["msgid"] == "yuno.start.failed"]
+    assert len(failed) == 1 and failed[0]["level"] == "critical"
+    assert any(g.endswith("C_TCP_S^echo_tls") for g in failed[0]["gobjs"])
+    listen = [r for r in records if r["msgid"] == "tcp_s.listen.failed"]
+    assert "in use" in listen[0]["error"]

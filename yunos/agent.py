@@ -40,7 +40,8 @@ DEFAULT_CONFIG = {
     "services": [
         {"name": "__input_side__", "gclass": "C_IOGATE", "as_service": True, "priority": 0,
          "children": [{"name": "agent_server_port", "gclass": "C_TCP_S",
-                       "kw": {"url": "(^^__agent_url__^^)"}}]},
+                       # Bounded: every client is a control client or a yuno.
+                       "kw": {"url": "(^^__agent_url__^^)", "max_connections": 1024}}]},
         {"name": "agent", "gclass": "C_AGENT", "default_service": True, "priority": 1,
          "kw": {
              "yunos": "(^^__agent_yunos__^^)",

@@ -162,6 +162,13 @@ def load_material(
     )
 
 
+def serial_hex(serial: int) -> str:
+    """Upper-case hex, two digits per byte, as ``openssl x509 -serial`` prints it
+    (a leading zero is kept: 06AB..., not 6AB...), so operators can compare."""
+    text = format(serial, "X")
+    return text if len(text) % 2 == 0 else "0" + text
+
+
 def cert_info_of(
     leaf: x509.Certificate, chain: tuple[x509.Certificate, ...] | list[x509.Certificate] | None = None
 ) -> dict[str, Any]:
@@ -175,7 +182,7 @@ def cert_info_of(
     return {
         "subject": leaf.subject.rfc4514_string(),
         "issuer": leaf.issuer.rfc4514_string(),
-        "serial": format(leaf.serial_number, "X"),
+        "serial": serial_hex(leaf.serial_number),
         "not_before": int(leaf.not_valid_before_utc.timestamp()),
         "not_after": int(leaf.not_valid_after_utc.timestamp()),
         "fingerprint": ":".join(fingerprint[i:i + 2] for i in range(0, len(fingerprint), 2)),
