@@ -116,7 +116,15 @@ class GClass:
     trace_levels: tuple[str, ...] = ()
     description: str = ""
     traced: bool = False  # per-gclass machine trace, switched on by operators
+    # Coerced once at registration: a gobj copies this list (and its containers)
+    # instead of coercing every default again at each creation.
     defaults: list[Any] = field(default_factory=list)
+    container_slots: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.defaults = [row.default_value() for row in self.attrs.values()]
+        self.container_slots = tuple(i for i, v in enumerate(self.defaults)
+                                     if isinstance(v, (list, dict)))
 
     def has_event(self, event: str) -> bool:
         return event in self.event_types

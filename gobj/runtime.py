@@ -140,7 +140,10 @@ class GObj:
         self.state = gclass.states[0]
         self.last_state = ""
         self._fsm_state = gclass.fsm[self.state]
-        self._av: list[Any] = [row.default_value() for row in gclass.attrs.values()]
+        av = list(gclass.defaults)
+        for i in gclass.container_slots:
+            av[i] = copy.deepcopy(av[i])
+        self._av: list[Any] = av
         self.is_service = self.is_yuno = self.is_default_service = False
         self.pure_child = self.volatil = self.autostart = self.autoplay = False
         self.running = self.playing = self.disabled = False
