@@ -64,14 +64,13 @@ from .base import TLSError, TLSSessionError
 from .material import Material, load_material
 from .mbedtls_backend import (
     Bundle,
+    BundleHandle,
     MbedPipe,
     build_mbed_context,
-    check_same_library,
     client_hostname,
     peer_facts,
     proof_context,
     prove_mbed_serves,
-    same_material,
 )
 
 __all__ = [
@@ -610,7 +609,7 @@ _MBED_NOT_STARTED = (mbed_tls.HandshakeStep.HELLO_REQUEST,
 
 # The handle
 
-class YDTLS:
+class YDTLS(BundleHandle):
     """One DTLS configuration (server or client) with a swappable, counted context.
 
     Same contract as ``YTLS`` for ``reload``, ``cert_info``, ``live_contexts``
@@ -630,42 +629,12 @@ class YDTLS:
         material = load_material(crypto, server=server, allow_expired=True)
         self._bundle: Bundle | None = self._build(material, crypto)
 
-    # Reload: as in YTLS, the swap is one assignment after every check, and
-    # the old bundle loses only the handle's reference.
-
-    def reload(self, crypto: dict[str, Any]) -> dict[str, Any]:
-        current = self.bundle
-        check_same_library(crypto, self.library)
-        material = load_material(crypto, server=self.server, allow_expired=False)
-        old = current.material
-        if same_material(material, old):
-            return {"changed": False, "old": old.info, "new": old.info}
-        fresh = self._build(material, crypto)
-        self._bundle = fresh
-        current.decref()
-        return {"changed": True, "old": old.info, "new": material.info}
-
-    def cert_info(self) -> dict[str, Any] | None:
-        info = self.bundle.material.info
-        return dict(info) if info is not None else None
-
-    def live_contexts(self) -> int:
-        return len(self._live)
+    # reload, cert_info, live_contexts, cleanup and bundle come from
+    # BundleHandle: the same validate-then-swap as the stream handles.
 
     def live_sessions(self) -> int:
         """Sessions created and not yet freed (the gate itself holds none)."""
         return len(self._sessions)
-
-    def cleanup(self) -> None:
-        bundle, self._bundle = self._bundle, None
-        if bundle is not None:
-            bundle.decref()
-
-    @property
-    def bundle(self) -> Bundle:
-        if self._bundle is None:
-            raise TLSError("this DTLS handle was cleaned up; create a new one")
-        return self._bundle
 
     # Sessions
 

@@ -103,20 +103,18 @@ class Bundle:
         self._on_release(self)
 
 
-class MbedTLS(YTLS):
-    """A server or client TLS configuration on mbed TLS (python-mbedtls)."""
+class BundleHandle:
+    """What a handle over counted bundles shares (MbedTLS here, YDTLS for DTLS):
+    reload, cert_info, live_contexts, cleanup and the current bundle. A subclass
+    sets ``server``, ``library``, ``_live``, ``_bundle`` and defines ``_build``."""
 
-    library = "mbedtls"
+    server: bool
+    library: str
+    _live: set[Bundle]
+    _bundle: Bundle | None
 
-    def __init__(self, crypto: dict[str, Any], *, server: bool) -> None:
-        """Build the first bundle; an expired leaf loads (see ``load_material``).
-
-        Raises TLSError when the material is refused or cannot serve.
-        """
-        self.server = server
-        self._live: set[Bundle] = set()
-        material = load_material(crypto, server=server, allow_expired=True)
-        self._bundle: Bundle | None = self._build(material, crypto)
+    def _build(self, material: Material, crypto: dict[str, Any]) -> Bundle:
+        raise NotImplementedError
 
     # Reload: the delicate part. Nothing the handle serves changes until the
     # new bundle is complete and proven; the swap is one assignment; the old
@@ -139,12 +137,6 @@ class MbedTLS(YTLS):
         info = self.bundle.material.info
         return dict(info) if info is not None else None
 
-    def new_secure_filter(self, server_hostname: str | None = None) -> SecureFilter:
-        bundle = self.bundle
-        if self.server:
-            return _MbedFilter(bundle, None)
-        return _MbedFilter(bundle, client_hostname(bundle.material, server_hostname))
-
     def live_contexts(self) -> int:
         return len(self._live)
 
@@ -159,6 +151,28 @@ class MbedTLS(YTLS):
         if self._bundle is None:
             raise TLSError("this TLS handle was cleaned up; create a new one")
         return self._bundle
+
+
+class MbedTLS(BundleHandle, YTLS):
+    """A server or client TLS configuration on mbed TLS (python-mbedtls)."""
+
+    library = "mbedtls"
+
+    def __init__(self, crypto: dict[str, Any], *, server: bool) -> None:
+        """Build the first bundle; an expired leaf loads (see ``load_material``).
+
+        Raises TLSError when the material is refused or cannot serve.
+        """
+        self.server = server
+        self._live: set[Bundle] = set()
+        material = load_material(crypto, server=server, allow_expired=True)
+        self._bundle: Bundle | None = self._build(material, crypto)
+
+    def new_secure_filter(self, server_hostname: str | None = None) -> SecureFilter:
+        bundle = self.bundle
+        if self.server:
+            return _MbedFilter(bundle, None)
+        return _MbedFilter(bundle, client_hostname(bundle.material, server_hostname))
 
     # Build and validate
 
