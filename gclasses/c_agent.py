@@ -482,12 +482,6 @@ def _kill(gobj: GObj, y: _Yuno, *, on_purpose: bool) -> bool:
     return True
 
 
-def stop_all_now(gobj: GObj) -> None:
-    """At agent shutdown: terminate every yuno and wait a little for them."""
-    for y in gobj.priv.yunos.values():
-        _kill(gobj, y, on_purpose=True)
-
-
 # ---------------------------------------------------------------------------
 # Channels (from the gate)
 # ---------------------------------------------------------------------------

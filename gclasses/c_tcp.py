@@ -501,10 +501,6 @@ def _addr(addr: Any) -> str:
     return str(addr or "")
 
 
-def new_protocol(gobj: GObj | None = None) -> _Proto:
-    return _Proto(gobj)
-
-
 def register_c_tcp() -> None:
     if gclass_find(C_TCP) is not None:
         return

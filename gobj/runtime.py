@@ -20,9 +20,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from gobj.attrs import DTP, SDF, AttrError, SData, coerce
+from gobj.attrs import DTP, SDF, AttrError, coerce
 from gobj.gclass import EV_STATE_CHANGED, EVF, GCF, SYSTEM_EVENTS, GClass, gclass_find
-from gobj.log import log_debug, log_error, log_info, log_warning
+from gobj.log import log_debug, log_error, log_warning
 
 __all__ = [
     "GObj",
@@ -182,11 +182,6 @@ class GObj:
 
     def write(self, name: str, value: Any) -> int:
         return gobj_write_attr(self, name, value)
-
-    def incr_stat(self, name: str, n: int = 1) -> None:
-        if self.stats is None:
-            self.stats = {}
-        self.stats[name] = self.stats.get(name, 0) + n
 
 
 def gobj_yuno() -> GObj | None:
@@ -616,10 +611,6 @@ def _attr_owner(gobj: GObj, name: str) -> GObj | None:
     return None
 
 
-def gobj_has_attr(gobj: GObj, name: str) -> bool:
-    return name in gobj.gclass.attr_index
-
-
 def gobj_read_attr(gobj: GObj, name: str, src: GObj | None = None) -> Any:
     """The attr's value, from gobj or down its bottom chain. Unknown: logged, None."""
     if name == "__state__":
@@ -659,10 +650,6 @@ def gobj_read_attrs(gobj: GObj, flags: SDF | int = -1) -> dict[str, Any]:
                 value = None if value is None else repr(value)
             out[row.name] = copy.deepcopy(value) if isinstance(value, (list, dict)) else value
     return out
-
-
-def gobj_attr_desc(gobj: GObj, name: str) -> SData | None:
-    return gobj.gclass.attrs.get(name)
 
 
 def gobj_reset_rstats(gobj: GObj) -> None:
@@ -1051,7 +1038,3 @@ def _child_matches(child: GObj, filters: dict[str, Any]) -> bool:
         if not ok:
             return False
     return True
-
-
-def gobj_log_started(gobj: GObj, what: str) -> None:
-    log_info(gobj, f"gobj.{what}", what)
