@@ -306,7 +306,7 @@ def _add(gobj: GObj, role: str, name: str, files: list[str], must_play: bool) ->
     y = _Yuno(str(uuid.uuid4()), role, name, files, True, must_play)
     gobj.priv.yunos[y.id] = y
     _save_registry(gobj)
-    log_info(gobj, "agent.yuno.created", "yuno registered", yuno_role=role, yuno_name=name,
+    log_info(gobj, "agent.yuno.created", "yuno registered", target=f"{role}^{name}",
              id=y.id, config_files=files)
     return y
 

@@ -5,7 +5,8 @@ or a JSON list of paths), then an optional JSON string; later pieces override
 earlier ones key by key (dicts merge deeply, lists are joined without repeats,
 ``services`` merge by name). Lines starting with ``#^^`` are comments.
 Variables come from every piece's ``__json_config_variables__`` plus built-ins
-(``__hostname__``, ``__yuno_role__``, ``__yuno_name__``, ``__default_work_dir__``);
+(``__hostname__``, ``__yuno_role__``, ``__yuno_name__``, ``__default_work_dir__``,
+``__work_dir__`` = the config's environment.work_dir);
 a string that is exactly one placeholder takes the variable's typed value.
 
 Every error is a :class:`ConfigError` that names the file, the key and the problem.
@@ -159,9 +160,14 @@ def assemble_config(pieces: list[tuple[str, dict[str, Any]]], *,
     variables: dict[str, Any] = {"__hostname__": socket.gethostname(),
                                  "__default_work_dir__": default_work_dir()}
     yuno: dict[str, Any] = {}
+    work_dir = ""
     for _, piece in pieces:
         variables.update(piece.get("__json_config_variables__", {}))
         yuno.update(piece.get("yuno", {}))
+        work_dir = piece.get("environment", {}).get("work_dir", work_dir)
+    # __work_dir__ follows environment.work_dir, so paths built on it move when
+    # a config moves the work dir.
+    variables.setdefault("__work_dir__", work_dir or variables["__default_work_dir__"])
     variables.setdefault("__yuno_role__", yuno.get("yuno_role", ""))
     variables.setdefault("__yuno_name__", yuno.get("yuno_name", ""))
     # A variable may use others ("(^^__work__^^)/certs"); a few passes settle

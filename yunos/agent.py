@@ -31,7 +31,7 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = {
     "__json_config_variables__": {
         "__agent_url__": "ws://127.0.0.1:1991",
-        "__store__": "(^^__default_work_dir__^^)/store/certs",
+        "__store__": "(^^__work_dir__^^)/store/certs",
         "__agent_yunos__": [{"yuno_role": "echo", "yuno_name": "echo",
                              "config": os.path.join(HERE, "configs", "echo.json")}],
     },
@@ -47,9 +47,9 @@ DEFAULT_CONFIG = {
              "yunos": "(^^__agent_yunos__^^)",
              "cert_sync_store_dir": "(^^__store__^^)",
              "cert_sync_copy_cmd": os.path.join(HERE, "tools", "copy-certs.sh")
-             + " --letsencrypt-dir (^^__default_work_dir__^^)/letsencrypt"
+             + " --letsencrypt-dir (^^__work_dir__^^)/letsencrypt"
              + " --store (^^__store__^^)",
-             "deploy_hook_last_run_file": "(^^__default_work_dir__^^)/last-deploy-hook-run",
+             "deploy_hook_last_run_file": "(^^__work_dir__^^)/last-deploy-hook-run",
          }},
     ],
 }
