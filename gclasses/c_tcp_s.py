@@ -27,8 +27,8 @@ from gobj.ytls import TLSError, ytls_init
 from gclasses.c_tcp import C_TCP, SECURE_SCHEMES, _Proto, accept_connection, parse_url, \
     register_c_tcp
 
-__all__ = ["C_TCP_S", "register_c_tcp_s", "connection_closed", "prepare_listener",
-           "reload_certs", "view_cert"]
+__all__ = ["C_TCP_S", "register_c_tcp_s", "CERT_COMMANDS", "connection_closed",
+           "mt_writing", "prepare_listener", "reload_certs", "view_cert"]
 
 C_TCP_S = "C_TCP_S"
 
@@ -53,8 +53,6 @@ ATTRS = [
     SDATA(DTP.POINTER, "subscriber", SDF.NONE, None,
           "Who gets the connections' events (default: the parent)"),
 ]
-
-COMMANDS = []  # filled below, after the handlers
 
 STATES = [(ST_STOPPED, []), (ST_IDLE, [])]
 
@@ -192,6 +190,8 @@ def mt_stop(gobj: GObj) -> None:
 
 
 def mt_writing(gobj: GObj, name: str) -> str | None:
+    """Writing ``crypto`` on a running TLS listener reloads; a refused reload
+    vetoes the write (shared with C_UDP_S)."""
     if name == "crypto" and gobj.running and gobj.read("use_ssl"):
         result, comment, _ = reload_certs(gobj, "write-attr")
         if result < 0:
@@ -295,11 +295,12 @@ def cmd_view_cert(gobj: GObj, cmd: str, kw: dict[str, Any], src: GObj | None) ->
     return view_cert(gobj)
 
 
-COMMANDS.extend([
+# The certificate commands every TLS listener answers (C_UDP_S uses them too).
+CERT_COMMANDS = [
     Cmd("reload-certs", cmd_reload_certs, [],
         description="Reload this listener's certificate from its crypto files"),
     Cmd("view-cert", cmd_view_cert, [], description="The certificate served now"),
-])
+]
 
 
 def register_c_tcp_s() -> None:
@@ -311,7 +312,7 @@ def register_c_tcp_s() -> None:
         event_types=[],
         states=STATES,
         attrs=ATTRS,
-        commands=COMMANDS,
+        commands=CERT_COMMANDS,
         methods={"mt_create": mt_create, "mt_start": mt_start, "mt_stop": mt_stop,
                  "mt_writing": mt_writing},
         description="TCP/TLS listener with zero-drop certificate reload",

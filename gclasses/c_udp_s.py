@@ -24,11 +24,11 @@ import socket
 import time
 from typing import Any
 
-from gobj import (DTP, EVF, SDATA, SDF, Cmd, GObj, gclass_create, gclass_find,
+from gobj import (DTP, EVF, SDATA, SDF, GObj, gclass_create, gclass_find,
                   gobj_change_state, gobj_publish_event, kernel,
                   log_debug, log_error, log_info, log_warning, gobj_subscribe_owner)
 from gobj.ytls import TLSSessionError
-from gclasses.c_tcp_s import cmd_reload_certs, cmd_view_cert, prepare_listener, reload_certs
+from gclasses.c_tcp_s import CERT_COMMANDS, mt_writing, prepare_listener
 
 __all__ = ["C_UDP_S", "register_c_udp_s"]
 
@@ -166,14 +166,6 @@ def mt_stop(gobj: GObj) -> None:
         priv.transport.close()
         priv.transport = None
     gobj_change_state(gobj, ST_STOPPED)
-
-
-def mt_writing(gobj: GObj, name: str) -> str | None:
-    if name == "crypto" and gobj.running and gobj.read("use_ssl"):
-        result, comment, _ = reload_certs(gobj, "write-attr")
-        if result < 0:
-            return comment
-    return None
 
 
 # ---------------------------------------------------------------------------
@@ -364,18 +356,11 @@ STATES = [
     (ST_IDLE, [("EV_TX_DATA", ac_tx_data, None)]),
 ]
 
-COMMANDS = [
-    Cmd("reload-certs", cmd_reload_certs, [],
-        description="Reload this listener's certificate from its crypto files"),
-    Cmd("view-cert", cmd_view_cert, [], description="The certificate served now"),
-]
-
-
 def register_c_udp_s() -> None:
     if gclass_find(C_UDP_S) is not None:
         return
     gclass_create(C_UDP_S, event_types=EVENT_TYPES, states=STATES, attrs=ATTRS,
-                  commands=COMMANDS,
+                  commands=CERT_COMMANDS,
                   methods={"mt_create": mt_create, "mt_start": mt_start, "mt_stop": mt_stop,
                            "mt_writing": mt_writing},
                   description="UDP listener, plain or DTLS 1.2, with zero-drop reload")
